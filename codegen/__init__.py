@@ -1,0 +1,1 @@
+"""Code generation from the one spec table (codegen/spec.toml) through Jinja2 templates."""
