@@ -7,11 +7,12 @@ QuantKey names are checked against quantkeys' named constants (imported from the
 from __future__ import annotations
 
 import sys
-import tomllib
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC_PATH = REPO / "codegen" / "spec.toml"
@@ -32,7 +33,7 @@ def _named_keys() -> dict[str, Any]:
         stub = types.ModuleType("quantkeys")
         stub.__path__ = [str(REPO / "packages" / "quantkeys" / "src" / "quantkeys")]
         sys.modules["quantkeys"] = stub
-    from quantkeys.named import NAMED_KEYS  # noqa: PLC0415
+    from quantkeys.named import NAMED_KEYS
 
     return dict(NAMED_KEYS)
 
@@ -170,10 +171,10 @@ def load_spec(path: Path = SPEC_PATH) -> Spec:
                 raise SpecError(f"{where}: pair {pair} already belongs to scheme {seen_pairs[pair]!r}")
             seen_pairs[pair] = name
         scheme_backends = []
-        for backend, options in _require(table, "backends", where, dict).items():
+        for backend, declared in _require(table, "backends", where, dict).items():
             if backend not in backend_names:
                 raise SpecError(f"{where}.backends: unknown backend {backend!r}; declared: {sorted(backend_names)}")
-            options = dict(options)
+            options = dict(declared)
             if "weight_keys" in options:
                 subset = tuple(key_ref(k, f"{where}.backends.{backend}.weight_keys") for k in options.pop("weight_keys"))
                 stray = [k.name for k in subset if k not in weight_keys]

@@ -204,3 +204,10 @@ def test_torch_dtype_resolution():
     assert QuantDType.INT4.torch_dtype() is None
     assert QuantDType.INT4.storage_torch_dtype() is torch.uint8
     assert QuantDType.E8M0.storage_torch_dtype() is torch.uint8
+
+
+def test_star_export_lists_every_named_key():
+    from quantkeys import named
+
+    assert sorted(named.__all__) == sorted(qk.NAMED_KEYS)
+    assert set(named.__all__) <= set(qk.__all__)

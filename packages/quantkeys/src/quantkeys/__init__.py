@@ -12,6 +12,7 @@ Importing quantkeys does not import torch.
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import named as _named
 from .config_parser import ModuleQuant, QuantConfig, QuantMethod, is_router_module, parse_quant_config
 from .dtypes import NumberKind, QuantDType
 from .group_shape import PER_CHANNEL, PER_TENSOR, PER_TOKEN, Granularity, GroupShape
@@ -36,12 +37,36 @@ try:
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0+unknown"
 
-__all__ = [  # noqa: RUF022
-    "BACKENDS", "PLATFORM_PRIORITY", "SCHEMES", "NAMED_KEYS",
-    "BackendInfo", "BackendSupport", "Granularity", "GroupShape", "ModuleQuant", "NumberKind",
-    "PER_CHANNEL", "PER_TENSOR", "PER_TOKEN", "PlatformKind", "QuantConfig", "QuantDType",
-    "QuantKey", "QuantMethod", "ScaleDesc", "ScaleKind", "Scheme",
-    "find_scheme", "get_key", "get_scheme", "int_weight_key", "is_router_module", "key_name",
-    "parse_key", "parse_quant_config", "priority_for",
-    *NAMED_KEYS,
+__all__ = [
+    "BACKENDS",
+    "NAMED_KEYS",
+    "PER_CHANNEL",
+    "PER_TENSOR",
+    "PER_TOKEN",
+    "PLATFORM_PRIORITY",
+    "SCHEMES",
+    "BackendInfo",
+    "BackendSupport",
+    "Granularity",
+    "GroupShape",
+    "ModuleQuant",
+    "NumberKind",
+    "PlatformKind",
+    "QuantConfig",
+    "QuantDType",
+    "QuantKey",
+    "QuantMethod",
+    "ScaleDesc",
+    "ScaleKind",
+    "Scheme",
+    "find_scheme",
+    "get_key",
+    "get_scheme",
+    "int_weight_key",
+    "is_router_module",
+    "key_name",
+    "parse_key",
+    "parse_quant_config",
+    "priority_for",
 ]
+__all__ += _named.__all__

@@ -35,7 +35,7 @@ from .module_patterns import ModulePattern, is_protected_module, parse_patterns
 
 __all__ = ["ModuleQuant", "QuantConfig", "QuantMethod", "is_router_module", "parse_quant_config"]
 
-from .module_patterns import is_router_module  # noqa: E402  (re-export)
+from .module_patterns import is_router_module
 
 
 class QuantMethod(enum.Enum):
@@ -175,7 +175,10 @@ def parse_quant_config(config: Mapping[str, Any]) -> QuantConfig:
 _ALL = parse_patterns("Linear", where="implicit target")
 
 
-def _key(dtype: QuantDType, kind: ScaleKind, shape: GroupShape, *, symmetric: bool = True, scale_dtype=QuantDType.FP32) -> QuantKey:
+def _key(
+    dtype: QuantDType, kind: ScaleKind, shape: GroupShape, *, symmetric: bool = True,
+    scale_dtype: QuantDType = QuantDType.FP32,
+) -> QuantKey:
     return QuantKey(dtype=dtype, scale=ScaleDesc(dtype=scale_dtype, kind=kind, group_shape=shape), symmetric=symmetric)
 
 
@@ -451,7 +454,7 @@ def _ct_weight_format(ct_format: str | None, key: QuantKey, *, where: str) -> tu
         return "fp8-block", (("block_size", (shape.rows, shape.cols)),)
     if key.dtype is QuantDType.FP4_E2M1:
         return ("nvfp4" if key.scale2 is not None else "mxfp4"), ()
-    if ct_format in ("pack-quantized", None) and key.dtype.bits == 4 or ct_format == "pack-quantized":
+    if (ct_format in ("pack-quantized", None) and key.dtype.bits == 4) or ct_format == "pack-quantized":
         params = (("bits", key.dtype.bits), ("group_size", shape.group_size or -1), ("symmetric", key.symmetric))
         return "ct-pack-quantized", params
     if key.dtype in (QuantDType.INT8, QuantDType.UINT8) and shape.granularity.value == "channel":
@@ -489,7 +492,8 @@ def _parse_compressed_tensors(q: Mapping[str, Any]) -> QuantConfig:
 
 
 def _parse_modelopt(q: Mapping[str, Any]) -> QuantConfig:
-    inner = q.get("quantization") if isinstance(q.get("quantization"), Mapping) else q
+    legacy = q.get("quantization")  # hf_quant_config.json nests the fields under "quantization"
+    inner: Mapping[str, Any] = legacy if isinstance(legacy, Mapping) else q
     where = "modelopt quantization_config"
     algo = _get(inner, "quant_algo", str, where=where).upper()
     if algo == "FP8":

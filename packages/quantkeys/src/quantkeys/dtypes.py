@@ -103,11 +103,12 @@ class QuantDType(enum.Enum):
 
         Raises ImportError if torch is not installed.
         """
-        return _resolve(self.value.torch_name)
+        resolved: torch.dtype | None = _resolve(self.value.torch_name)
+        return resolved
 
     def storage_torch_dtype(self) -> torch.dtype:
         """The canonical torch container dtype. Raises ImportError without torch."""
-        resolved = _resolve(self.value.storage_name)
+        resolved: torch.dtype | None = _resolve(self.value.storage_name)
         assert resolved is not None
         return resolved
 

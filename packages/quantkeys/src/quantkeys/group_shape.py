@@ -90,7 +90,7 @@ class GroupShape:
     def __str__(self) -> str:
         if self.granularity in (Granularity.GROUP, Granularity.BLOCK):
             return f"{self.rows}x{self.cols}"
-        return self.granularity.value
+        return str(self.granularity.value)
 
 
 PER_TENSOR = GroupShape.per_tensor()

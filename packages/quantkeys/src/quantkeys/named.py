@@ -19,6 +19,44 @@ from .dtypes import QuantDType
 from .group_shape import GroupShape
 from .keys import QuantKey, ScaleDesc, ScaleKind
 
+__all__ = [  # noqa: RUF022  (grouped as defined below)
+    "kFp8StaticTensorSym",
+    "kFp8DynamicTensorSym",
+    "kFp8StaticTokenSym",
+    "kFp8DynamicTokenSym",
+    "kFp8StaticChannelSym",
+    "kFp8Static128BlockSym",
+    "kFp8Static128BlockE8M0Sym",
+    "kFp8Dynamic128Sym",
+    "kFp8Dynamic64Sym",
+    "kFp8Dynamic32Sym",
+    "kInt8StaticChannelSym",
+    "kInt8StaticTensorSym",
+    "kInt8DynamicTokenSym",
+    "kInt8DynamicTensorSym",
+    "kInt8StaticTensorAsym",
+    "kInt8DynamicTokenAsym",
+    "kInt8DynamicTensorAsym",
+    "kInt4Static",
+    "kInt4Static64",
+    "kInt4Static32",
+    "kInt4StaticChannel",
+    "kInt4StaticAsym",
+    "kInt4Static64Asym",
+    "kInt4Static32Asym",
+    "kInt4StaticChannelAsym",
+    "kInt8Static",
+    "kInt8Static64",
+    "kInt8Static32",
+    "kInt8StaticAsym",
+    "kMxfp8Static",
+    "kMxfp8Dynamic",
+    "kMxfp4Static",
+    "kMxfp4Dynamic",
+    "kNvfp4Static",
+    "kNvfp4Dynamic",
+]
+
 _S, _D = ScaleKind.STATIC, ScaleKind.DYNAMIC
 FP8 = QuantDType.FP8_E4M3
 

@@ -1,0 +1,15 @@
+"""The distribution installs, imports, and carries the monorepo's single version."""
+
+from pathlib import Path
+
+import weight_layouts
+
+VERSION_FILE = Path(__file__).resolve().parents[3] / "VERSION"
+
+
+def test_version_is_the_monorepo_version():
+    assert weight_layouts.__version__ == VERSION_FILE.read_text().strip()
+
+
+def test_typed_marker_ships():
+    assert (Path(weight_layouts.__file__).parent / "py.typed").is_file()
