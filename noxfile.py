@@ -151,11 +151,14 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def demo(session: nox.Session) -> None:
-    """The main job: quantize a tiny MoE model per format and run it (filled by the integration issue)."""
+    """The main job. Until the integration issue lands it shows the vocabulary: the scheme table
+    and the keys parsed from config.json files modeled on public MoE checkpoints."""
     if _installing(session):
-        session.install(*ALL_PACKAGE_PATHS, *CONSTRAINTS)
-    session.run("moe-oracle", "demo", *session.posargs) if shutil.which("moe-oracle", path=session.bin) else \
-        session.error("moe-oracle demo is not implemented yet (integration issue)")
+        session.install("packages/quantkeys")
+    session.run("quantkeys", "schemes")
+    for config in sorted((ROOT / "packages/quantkeys/tests/fixtures").glob("*.json")):
+        session.log(f"--- {config.name}")
+        session.run("quantkeys", "parse", str(config), silent=False)
 
 
 @nox.session(default=False, venv_backend="none")
