@@ -99,7 +99,7 @@ def build(session: nox.Session) -> None:
     shutil.rmtree(dist, ignore_errors=True)
     for package in PACKAGES:
         session.run("python", "-m", "build", "--wheel", "--outdir", str(dist), f"packages/{package}",
-                    env={"QMOE_RELEASE_BUILD": "1"})
+                    env={"QMOE_SIBLING_DEPS": "name"})
     wheels = {p: next(dist.glob(f"{IMPORT_NAMES[p]}-*.whl")) for p in PACKAGES}
     for package, wheel in wheels.items():
         with tempfile.TemporaryDirectory(prefix=f"wheel-{package}-") as tmp:

@@ -8,8 +8,10 @@ It fills the two dynamic fields of every package's metadata:
   packages. Inside a checkout, a sibling resolves to its folder
   (``quantkeys @ file:///.../packages/quantkeys``), so
   ``pip install packages/moe-oracle`` works alone. With
-  ``QMOE_RELEASE_BUILD=1`` siblings are pinned by name
-  (``quantkeys==<version>``), which is what published wheels carry.
+  ``QMOE_SIBLING_DEPS=name`` siblings are pinned by name
+  (``quantkeys==<version>``): what published wheels carry, and what an editable install of
+  several packages in one pip command needs (pip sees a ``file://`` requirement and an
+  editable folder as two different candidates).
 
 Per-package configuration lives in the package's ``pyproject.toml``::
 
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from hatchling.metadata.plugin.interface import MetadataHookInterface
 
-RELEASE_ENV = "QMOE_RELEASE_BUILD"
+SIBLINGS_ENV = "QMOE_SIBLING_DEPS"  # "path" (default) or "name"
 
 
 def _repo_root(package_root: Path) -> Path:
@@ -47,7 +49,10 @@ class MonorepoMetadataHook(MetadataHookInterface):
         version = (root / "VERSION").read_text(encoding="utf-8").strip()
         metadata["version"] = version
 
-        release = os.environ.get(RELEASE_ENV, "") not in ("", "0")
+        mode = os.environ.get(SIBLINGS_ENV, "path").strip().lower()
+        if mode not in ("path", "name"):
+            raise ValueError(f"{SIBLINGS_ENV}={mode!r}; expected 'path' (default) or 'name'")
+        release = mode == "name"
         requirements = list(self.config.get("dependencies", []))
         for sibling in self.config.get("siblings", []):
             folder = root / "packages" / sibling
