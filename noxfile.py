@@ -45,7 +45,7 @@ CONFIGS: dict[str, tuple[str, tuple[str, ...], dict[str, str]]] = {
     "triton-interpret": ("triton and not cuda_only", ("triton>=3.0",), {"TRITON_INTERPRET": "1"}),
     "xpu-sim": ("xpu_sim", (), {"QMOE_XPU_EMULATION": "1"}),
     "cuda": ("cuda or triton", (), {}),
-    "interop": ("interop", (), {}),
+    "interop": ("interop", ("compressed-tensors>=0.9",), {}),
 }
 TEST_PARAMS = [nox.param("minimal", p, id=f"minimal-{p}") for p in PACKAGES] + [
     nox.param(config, None, id=config) for config in CONFIGS
