@@ -16,7 +16,7 @@ from weight_layouts.writer import SCHEME_CHECKPOINTS, write_tiny_checkpoint
 # weight quantization error (see weight-layouts' loading bounds) plus the activation quantization
 # of the scheme (fp8 e4m3 ~3%, int8 <1%), summed over two GEMMs with margin.
 BOUND = {
-    "unquantized": 0.01, "fp8_block": 0.08, "fp8_tensor_dynamic": 0.10, "fp8_channel": 0.08, "int8_w8a8": 0.03,
+    "unquantized": 0.01, "fp8_block": 0.08, "fp8_tensor_dynamic": 0.10, "fp8_tensor_static": 0.10, "fp8_channel": 0.08, "int8_w8a8": 0.03,
     "int4_w4a16": 0.25, "int4_w4a16_asym": 0.25, "int8_w8a16": 0.03, "int8_w8a16_asym": 0.03, "mxfp8": 0.10,
     "mxfp4_w4a16": 0.25,
 }

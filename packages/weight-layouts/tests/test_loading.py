@@ -24,13 +24,14 @@ from weight_layouts.writer import SCHEME_CHECKPOINTS, write_tiny_checkpoint
 # weights): 8-bit formats keep ~2-4% (fp8 e4m3: 3 mantissa bits, 2^-4 relative step / sqrt(3) ≈ 3.6%
 # worst-case RMS), int8 < 1%, 4-bit formats ~12% (16 levels over +-2.7 sigma). Bounds with margin:
 BOUND = {
-    "unquantized": 0.0, "fp8_block": 0.04, "fp8_tensor_dynamic": 0.05, "fp8_channel": 0.04, "int8_w8a8": 0.01,
+    "unquantized": 0.0, "fp8_block": 0.04, "fp8_tensor_dynamic": 0.05, "fp8_tensor_static": 0.05, "fp8_channel": 0.04, "int8_w8a8": 0.01,
     "int4_w4a16": 0.15, "int4_w4a16_asym": 0.15, "int8_w8a16": 0.01, "int8_w8a16_asym": 0.01, "mxfp8": 0.05,
     "mxfp4_w4a16": 0.15,
 }
 KEYS = {
     "unquantized": (None, None), "fp8_block": (qk.kFp8Static128BlockSym, qk.kFp8Dynamic128Sym),
     "fp8_tensor_dynamic": (qk.kFp8StaticTensorSym, qk.kFp8DynamicTensorSym),
+    "fp8_tensor_static": (qk.kFp8StaticTensorSym, qk.kFp8StaticTensorSym),
     "fp8_channel": (qk.kFp8StaticChannelSym, qk.kFp8DynamicTokenSym),
     "int8_w8a8": (qk.kInt8StaticChannelSym, qk.kInt8DynamicTokenSym), "int4_w4a16": (qk.kInt4Static, None),
     "int4_w4a16_asym": (qk.kInt4StaticAsym, None), "int8_w8a16": (qk.kInt8Static, None),
@@ -60,7 +61,8 @@ def _independent_w13(raw, fmt, params, *, layer, experts, naming) -> torch.Tenso
         halves = []
         for proj in (naming.gate, naming.up):
             prefix = naming.tensor(layer=layer, expert=e, projection=proj, tensor_name="")
-            tensors = {k[len(prefix):]: v for k, v in raw.items() if k.startswith(prefix) and k[len(prefix):] != "bias"}
+            tensors = {k[len(prefix):]: v for k, v in raw.items()
+                       if k.startswith(prefix) and k[len(prefix):] not in ("bias", "input_scale")}
             halves.append(wl.decode(fmt, tensors, **params))
         rows.append(torch.cat(halves, dim=0))
     return torch.stack(rows)
@@ -291,3 +293,23 @@ def test_config_dims_are_checked(block_ckpt):
     (block_ckpt.path / "config.json").write_text(json.dumps(config))
     with pytest.raises(wl.CheckpointError, match=r"K \(input features\) = 128, expected cols=256"):
         wl.load_experts(block_ckpt.path, 0)
+
+
+def test_static_activation_scales(tmp_path):
+    ckpt = write_tiny_checkpoint(tmp_path / "c", scheme="fp8_tensor_static", num_experts=3, hidden_size=128,
+                                 intermediate_size=128)
+    raw = _raw(ckpt.path)
+    experts = wl.load_experts(ckpt.path, 0)
+    def scales(proj):
+        return torch.stack([raw[f"model.layers.0.mlp.experts.{e}.{proj}.input_scale"] for e in range(3)])
+
+    assert torch.equal(experts.a13_scale, torch.cat([scales("gate_proj"), scales("up_proj")]).max().reshape(1))
+    assert torch.equal(experts.a2_scale, scales("down_proj").max().reshape(1))
+    name = "model.layers.0.mlp.experts.1.down_proj.input_scale"
+    _rewrite(_shard_with(ckpt.path, name), lambda t: t.pop(name))
+    index_path = ckpt.path / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    del index["weight_map"][name]
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(wl.CheckpointError, match="activation scheme is static but 1 input_scale"):
+        wl.load_experts(ckpt.path, 0)

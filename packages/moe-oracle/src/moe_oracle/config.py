@@ -174,12 +174,13 @@ class MoEQuantConfig:
     def from_weights(
         cls, weights: ExpertWeights, *, a13_scale: torch.Tensor | None = None, a2_scale: torch.Tensor | None = None
     ) -> MoEQuantConfig:
-        """The runtime config of loaded experts: their keys and biases (selection key == runtime config)."""
+        """The runtime config of loaded experts: their keys, biases and static activation scales (the
+        checkpoint's unless given), so the selection key is the runtime config."""
         return cls.from_keys(
             weight_key=weights.weight_key,
             activation_key=weights.activation_key,
             w13_bias=weights.w13_bias,
             w2_bias=weights.w2_bias,
-            a13_scale=a13_scale,
-            a2_scale=a2_scale,
+            a13_scale=weights.a13_scale if a13_scale is None else a13_scale,
+            a2_scale=weights.a2_scale if a2_scale is None else a2_scale,
         )

@@ -10,6 +10,9 @@ Canonical orientation (what :func:`weight_layouts.load_experts` returns, layout 
 * Each projection is stored in its checkpoint format (``StackedWeight.format``) with the
   format's own tensor names, every tensor carrying a leading expert dim ``E``.
 * Biases, when present, are ``[E, 2I]`` and ``[E, H]`` in the model dtype.
+* Static activation scales (schemes whose activation key is static), when present, are float32
+  ``[1]``: ``a13_scale`` for GEMM1's input, ``a2_scale`` for GEMM2's input, each the maximum of
+  the checkpoint's per-expert ``input_scale`` values (kernels take one scale per GEMM input).
 """
 
 from __future__ import annotations
@@ -82,6 +85,8 @@ class ExpertWeights:
     activation_key: QuantKey | None
     w13_bias: torch.Tensor | None = None
     w2_bias: torch.Tensor | None = None
+    a13_scale: torch.Tensor | None = None
+    a2_scale: torch.Tensor | None = None
     gated: bool = True
     layout: str = CANONICAL
     # Backend-specific extras a layout adds (e.g. a kernel's preprocessed tensors); canonical has none.
@@ -136,4 +141,6 @@ class ExpertWeights:
             w2=self.w2.to(device),
             w13_bias=None if self.w13_bias is None else self.w13_bias.to(device),
             w2_bias=None if self.w2_bias is None else self.w2_bias.to(device),
+            a13_scale=None if self.a13_scale is None else self.a13_scale.to(device),
+            a2_scale=None if self.a2_scale is None else self.a2_scale.to(device),
         )

@@ -360,6 +360,9 @@ def load_experts(
         except ValueError as exc:
             raise CheckpointError(f"layer {layer} {what}: {exc}") from None
     w13_bias, w2_bias = _stack_biases(biases, bias_slots, pattern, e_count)
+    a13_scale = a2_scale = None
+    if quant is not None and quant.activation_key is not None and quant.activation_key.is_static:
+        a13_scale, a2_scale = _static_input_scales(index, pattern, layer, e_count, projections)
     return ExpertWeights(
         w13=w13,
         w2=w2,
@@ -367,7 +370,37 @@ def load_experts(
         activation_key=None if quant is None else quant.activation_key,
         w13_bias=w13_bias,
         w2_bias=w2_bias,
+        a13_scale=a13_scale,
+        a2_scale=a2_scale,
     )
+
+
+def _static_input_scales(index: ShardIndex, pattern: ExpertNaming, layer: int, experts: int,
+                         projections: dict[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor static activation scales: the max of every expert's ``input_scale`` per GEMM input."""
+    if pattern.fused:
+        raise CheckpointError(f"{pattern.name} checkpoints with static activation scales are not supported")
+    groups = {"a13": ("gate", "up"), "a2": ("down",)}
+    out = []
+    for what, projs in groups.items():
+        names = [pattern.tensor(layer=layer, expert=e, projection=projections[p], tensor_name="input_scale")
+                 for p in projs for e in range(experts)]
+        missing = [n for n in names if n not in index]
+        if missing:
+            raise CheckpointError(
+                f"the activation scheme is static but {len(missing)} input_scale tensor(s) are missing, e.g. "
+                f"{missing[0]!r}"
+            )
+        values = torch.cat([t.reshape(-1).to(torch.float32) for t in index.load(names).values()])
+        if values.numel() != len(names):
+            raise CheckpointError(f"{what}: input_scale tensors must hold one value each, got {values.numel()} "
+                                  f"values for {len(names)} tensors")
+        bad = ~(torch.isfinite(values) & (values > 0))
+        if bool(bad.any()):
+            raise CheckpointError(f"{names[int(torch.nonzero(bad)[0])]}: input_scale must be finite and positive, "
+                                  f"got {float(values[bad][0])}")
+        out.append(values.max().reshape(1))
+    return out[0], out[1]
 
 
 def _finish_w13(stacker: _Stacker, tensors: dict[str, torch.Tensor], fmt_name: str, params: dict[str, Any],

@@ -30,6 +30,15 @@ _CT_FP8_DYNAMIC = {
         "input_activations": {"type": "float", "num_bits": 8, "strategy": "token", "symmetric": True, "dynamic": True},
     }},
 }
+_CT_FP8_STATIC = {
+    "quant_method": "compressed-tensors", "format": "float-quantized", "ignore": ["lm_head", "re:.*mlp.gate$"],
+    "config_groups": {"group_0": {
+        "targets": ["Linear"],
+        "weights": {"type": "float", "num_bits": 8, "strategy": "tensor", "symmetric": True, "dynamic": False},
+        "input_activations": {"type": "float", "num_bits": 8, "strategy": "tensor", "symmetric": True,
+                              "dynamic": False},
+    }},
+}
 _CT_W8A8 = {
     "quant_method": "compressed-tensors", "format": "int-quantized", "ignore": ["lm_head", "re:.*mlp.gate$"],
     "config_groups": {"group_0": {
@@ -44,6 +53,7 @@ SCHEME_CHECKPOINTS: Mapping[str, tuple[dict | None, str, dict[str, Any], str]] =
                    "weight_block_size": [128, 128]}, "fp8-block", {"block_size": (128, 128)}, "qwen_moe"),
     "fp8_tensor_dynamic": ({"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic"},
                            "fp8-tensor", {}, "qwen_moe"),
+    "fp8_tensor_static": (_CT_FP8_STATIC, "fp8-tensor", {}, "qwen_moe"),
     "fp8_channel": (_CT_FP8_DYNAMIC, "fp8-channel", {}, "qwen_moe"),
     "int8_w8a8": (_CT_W8A8, "int8-channel", {}, "qwen_moe"),
     "int4_w4a16": ({**_GPTQ, "bits": 4, "group_size": 128, "sym": True}, "gptq",
@@ -141,7 +151,13 @@ def write_tiny_checkpoint(
         if bias:
             bias13.append(b13.float())
             bias2.append(b2.float())
+        static_scales = _calibrate(w13, w2, gen) if quant_config is _CT_FP8_STATIC else None
         for expert in range(e):
+            if static_scales is not None:
+                for proj, value in ((pattern.gate, static_scales[0]), (pattern.up, static_scales[0]),
+                                    (pattern.down, static_scales[1][expert])):
+                    name = pattern.tensor(layer=layer, expert=expert, projection=proj, tensor_name="input_scale")
+                    tensors[name] = value.reshape(1).to(torch.float32).clone()
             mats = {pattern.gate: (w13[expert, :i], None if b13 is None else b13[expert, :i]),
                     pattern.up: (w13[expert, i:], None if b13 is None else b13[expert, i:]),
                     pattern.down: (w2[expert], None if b2 is None else b2[expert])}
@@ -162,6 +178,16 @@ def write_tiny_checkpoint(
     (root / "config.json").write_text(json.dumps(config, indent=2))
     return TinyCheckpoint(path=root, scheme=scheme, w13=dense13, w2=dense2,
                           w13_bias=bias13 or None, w2_bias=bias2 or None, router=routers)
+
+
+def _calibrate(w13: torch.Tensor, w2: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Static FP8 input scales from 256 standard-normal calibration tokens: ``amax / 448`` of GEMM1's
+    input (shared by all experts) and, per expert, of its SiLU-gated GEMM2 input."""
+    x = torch.randn(256, w13.shape[-1], generator=gen)
+    inter = w2.shape[-1]
+    h = torch.einsum("th,enh->etn", x, w13)
+    act = torch.nn.functional.silu(h[..., :inter]) * h[..., inter:]
+    return x.abs().max() / 448.0, act.abs().amax(dim=(1, 2)) / 448.0
 
 
 def _model_config(*, naming: str, e: int, k: int, h: int, i: int, layers: int) -> dict[str, Any]:
