@@ -39,6 +39,7 @@ def targets(spec: Spec) -> list[Target]:
     return [
         Target("quantkeys/scheme_table.py.j2", "packages/quantkeys/src/quantkeys/_scheme_table.py"),
         Target("readme/support_matrix.md.j2", "README.md", region="support-matrix"),
+        Target("xpu_experts/experts.py.j2", "packages/xpu-experts/src/xpu_experts/_generated_experts.py"),
     ]
 
 
@@ -61,6 +62,7 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["pyrepr"] = repr
     env.globals["header"] = header
+    env.globals["dict"] = dict
     return env
 
 

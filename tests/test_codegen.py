@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _copy_repo(tmp_path: Path) -> Path:
     root = tmp_path / "repo"
-    for rel in ("codegen", "templates", "packages/quantkeys/src", "README.md", "VERSION"):
+    generated_into = ("packages/quantkeys/src", "packages/xpu-experts/src/xpu_experts/_generated_experts.py")
+    for rel in ("codegen", "templates", *generated_into, "README.md", "VERSION"):
         src = REPO / rel
         dst = root / rel
         if src.is_dir():

@@ -66,7 +66,7 @@ SCHEMES = MappingProxyType(
                 BackendSupport(
                     backend='xpu',
                     weight_keys=(None, ),
-                    options=(('class', 'XPUExpertsUnquantized'), ('recipe', 'bf16'), ),
+                    options=(('class', 'XPUExperts'), ('recipe', 'bf16'), ),
                 ),
             ),
             linear_gemm=None,

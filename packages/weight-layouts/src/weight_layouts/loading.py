@@ -160,6 +160,8 @@ class ShardIndex:
                 for name in by_file[file_name]:
                     if name not in available:
                         raise CheckpointError(f"missing tensor {name!r} in {path} (the index lists it there)")
+                # in file order: sequential reads keep the OS read-ahead useful
+                for name in sorted(by_file[file_name], key=lambda n: handle.info(n).begin):
                     yield name, _FileSource(handle, name)
 
     def load(self, names: list[str]) -> dict[str, torch.Tensor]:
@@ -234,6 +236,7 @@ class _Stacker:
         self.side: dict[tuple[str, str, int], torch.Tensor] = {}  # per-half values kept apart
 
     def place(self, slot: _Slot, name: str, source: _Source) -> None:
+        """Put ``source`` where ``slot`` says, reading straight into the output when it can."""
         if slot.de_interleave:  # GPT-OSS: gate rows are the even rows, up rows the odd rows
             tensor = source.read()
             for half, part in ((0, tensor[:, 0::2]), (1, tensor[:, 1::2])):

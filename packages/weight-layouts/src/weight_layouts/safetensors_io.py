@@ -53,7 +53,7 @@ class SafetensorsFile:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
-            self._f: BinaryIO = open(self.path, "rb")  # noqa: SIM115  (closed in close())
+            self._f: BinaryIO = open(self.path, "rb", buffering=0)  # noqa: SIM115  (closed in close()); unbuffered: tensors are read straight into place
         except OSError as exc:
             raise SafetensorsError(f"{self.path}: cannot open: {exc}") from None
         try:
@@ -107,7 +107,9 @@ class SafetensorsFile:
             raise SafetensorsError(f"{self.path}: no tensor {name!r}") from None
 
     def read_into(self, name: str, out: torch.Tensor) -> None:
-        """Fill the contiguous CPU tensor ``out`` (same dtype and number of elements) with ``name``."""
+        """Fill the contiguous CPU tensor ``out`` (same dtype and number of elements) with ``name``.
+
+        Uses positional reads, so several threads may read different tensors of one file at once."""
         info = self.info(name)
         if out.dtype != info.dtype or out.numel() * out.element_size() != info.nbytes or not out.is_contiguous():
             raise SafetensorsError(
@@ -117,8 +119,13 @@ class SafetensorsFile:
         if info.nbytes == 0:
             return
         view = memoryview(out.reshape(-1).view(torch.uint8).numpy())
-        self._f.seek(info.begin)
-        got = self._f.readinto(view)
+        fd = self._f.fileno()
+        got = 0
+        while got < info.nbytes:  # positional reads: thread-safe; may return short (2 GiB per syscall on Linux)
+            n = os.preadv(fd, [view[got:]], info.begin + got)
+            if not n:
+                break
+            got += n
         if got != info.nbytes:
             raise SafetensorsError(f"{self.path}: tensor {name!r} is truncated ({got} of {info.nbytes} bytes)")
 
