@@ -30,17 +30,34 @@ class Target:
     template: str
     output: str
     region: str | None = None
-    # Extra render contexts: one output per item (e.g. one kernel file per variant).
-    context: dict | None = None
+
+
+_DIRECTIVE = re.compile(r"^\{#-?\s*codegen:\s*(?P<body>.*?)\s*-?#\}\s*$")
 
 
 def targets(spec: Spec) -> list[Target]:
-    """Every generated artifact. Later issues add their templates here."""
-    return [
-        Target("quantkeys/scheme_table.py.j2", "packages/quantkeys/src/quantkeys/_scheme_table.py"),
-        Target("readme/support_matrix.md.j2", "README.md", region="support-matrix"),
-        Target("xpu_experts/experts.py.j2", "packages/xpu-experts/src/xpu_experts/_generated_experts.py"),
-    ]
+    """Every template under templates/ declares its output on its first line::
+
+        {#- codegen: output=packages/x/src/x/_generated.py -#}
+        {#- codegen: output=README.md region=support-matrix -#}
+
+    so adding a generated artifact is adding a template; nothing else changes."""
+    found = []
+    for path in sorted(TEMPLATES.rglob("*.j2")):
+        rel = path.relative_to(TEMPLATES).as_posix()
+        first = path.read_text(encoding="utf-8").split("\n", 1)[0]
+        m = _DIRECTIVE.match(first)
+        if m is None:
+            raise SpecError(f"templates/{rel}: first line must be '{{#- codegen: output=PATH [region=NAME] -#}}'")
+        fields = dict(item.split("=", 1) for item in m.group("body").split())
+        unknown = set(fields) - {"output", "region"}
+        if "output" not in fields or unknown:
+            raise SpecError(f"templates/{rel}: codegen directive needs output= (and optional region=), got {fields}")
+        found.append(Target(rel, fields["output"], fields.get("region")))
+    outputs = [(t.output, t.region) for t in found]
+    if len(set(outputs)) != len(outputs):
+        raise SpecError(f"two templates write the same output: {sorted(outputs)}")
+    return found
 
 
 def header(template: str, comment: str = "#") -> str:
@@ -71,7 +88,7 @@ def render(spec: Spec) -> dict[Path, str]:
     env = _environment()
     outputs: dict[Path, str] = {}
     for target in targets(spec):
-        text = env.get_template(target.template).render(spec=spec, template=target.template, **(target.context or {}))
+        text = env.get_template(target.template).render(spec=spec, template=target.template)
         path = REPO / target.output
         if target.region is None:
             if HEADER_MARK not in text.splitlines()[0]:
@@ -120,10 +137,10 @@ def main(argv: list[str], *, out: Callable[[str], None] = print) -> int:
     args = parser.parse_args(argv)
     try:
         spec = load_spec()
+        outputs = render(spec)
     except SpecError as exc:
         out(f"codegen: spec error: {exc}")
         return 2
-    outputs = render(spec)
     stale = 0
     for path, text in outputs.items():
         current = path.read_text(encoding="utf-8") if path.exists() else None
