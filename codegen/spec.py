@@ -86,6 +86,9 @@ class Spec:
     priority: dict[str, tuple[str, ...]]
     schemes: tuple[Scheme, ...]
     platforms: tuple[str, ...] = field(default=PLATFORMS)
+    # Other top-level tables of spec.toml (e.g. [triton_experts], [fp8_linear]), read by the
+    # templates of the package that owns them; StrictUndefined catches a missing field there.
+    tables: dict[str, Any] = field(default_factory=dict)
 
     def backend(self, name: str) -> Backend:
         return next(b for b in self.backends if b.name == name)
@@ -209,4 +212,5 @@ def load_spec(path: Path = SPEC_PATH) -> Spec:
     names = [s.name for s in schemes]
     if len(set(names)) != len(names):
         raise SpecError(f"scheme names must be unique: {names}")
-    return Spec(backends=tuple(backends), priority=priority, schemes=tuple(schemes))
+    tables = {k: v for k, v in raw.items() if k not in ("backends", "platforms", "schemes")}
+    return Spec(backends=tuple(backends), priority=priority, schemes=tuple(schemes), tables=tables)
