@@ -30,7 +30,7 @@ class _Recorder:
     def _record(self, kind, **kwargs):
         CALLS.append({"kind": kind, "cls": type(self).__name__, **kwargs})
 
-    def apply(self, output, hidden_states, topk_weights, topk_ids, expert_map=None, a1q_scale=None):  # noqa: PLR0917
+    def apply(self, output, hidden_states, topk_weights, topk_ids, expert_map=None, a1q_scale=None):
         self._record("apply", output=output, hidden_states=hidden_states, topk_weights=topk_weights,
                      topk_ids=topk_ids, expert_map=expert_map, a1q_scale=a1q_scale)
         self.emulation.apply(output, hidden_states, topk_weights, topk_ids, expert_map, a1q_scale)
@@ -39,7 +39,7 @@ class _Recorder:
 class FlagsXpuFusedMoe(_Recorder):
     """The older constructor: explicit recipe flags."""
 
-    def __init__(self, w13, w13_scales, w13_bias, w2, w2_scales, w2_bias, n_experts_per_token, activation,  # noqa: PLR0917
+    def __init__(self, w13, w13_scales, w13_bias, w2, w2_scales, w2_bias, n_experts_per_token, activation,
                  num_experts, ep_rank=0, ep_size=1, expert_map=None, is_fp8=False, is_int4=False, is_mxfp4=False,
                  is_mxfp8=False, is_block_fp8=False):
         flags = {"is_fp8": is_fp8, "is_int4": is_int4, "is_mxfp4": is_mxfp4, "is_mxfp8": is_mxfp8,
@@ -55,7 +55,7 @@ class FlagsXpuFusedMoe(_Recorder):
 class InferredXpuFusedMoe(_Recorder):
     """The 0.1.16.x constructor: the recipe comes from the dtypes."""
 
-    def __init__(self, w13, w13_scales, w13_bias, w2, w2_scales, w2_bias, n_experts_per_token, activation,  # noqa: PLR0917
+    def __init__(self, w13, w13_scales, w13_bias, w2, w2_scales, w2_bias, n_experts_per_token, activation,
                  num_experts, ep_rank=0, ep_size=1, expert_map=None, gemm1_clamp_limit=None,
                  activation_situ_beta=None, activation_situ_linear_beta=None):
         self._record("init", w13=w13, w13_scales=w13_scales, w13_bias=w13_bias, w2=w2, w2_scales=w2_scales,

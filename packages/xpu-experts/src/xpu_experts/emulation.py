@@ -88,7 +88,7 @@ def _activate(name: str, h: torch.Tensor) -> torch.Tensor:
 class XpuFusedMoeEmulation:
     """Emulates ``vllm_xpu_kernels.fused_moe_interface.XpuFusedMoe`` (current API), see the module doc."""
 
-    def __init__(  # noqa: PLR0917  (the kernel library's positional signature, mirrored exactly)
+    def __init__(
         self,
         w13: torch.Tensor,
         w13_scales: torch.Tensor | None,
@@ -130,7 +130,7 @@ class XpuFusedMoeEmulation:
         local = ids - start
         return torch.where((ids >= 0) & (local >= 0) & (local < self.num_experts), local, ids.new_full((), -1))
 
-    def apply(  # noqa: PLR0917  (the kernel library's signature)
+    def apply(
         self,
         output: torch.Tensor,
         hidden_states: torch.Tensor,

@@ -1,0 +1,72 @@
+"""Kernel launch configs: tuned JSON per (E, N, K, variant, device) with a heuristic fallback.
+
+Files: ``configs/E={E},N={N},K={K},variant={variant},device={device}.json`` mapping a token
+count M (as a string) to ``{"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages"}``.
+The nearest tuned M wins. ``QMOE_TRITON_CONFIG_DIR`` adds a folder searched first.
+benchmarks/triton_experts/tune.py writes these files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+ENV_DIR = "QMOE_TRITON_CONFIG_DIR"
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    BLOCK_M: int
+    BLOCK_N: int
+    BLOCK_K: int
+    GROUP_M: int
+    num_warps: int
+    num_stages: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def file_name(*, e: int, n: int, k: int, variant: str, device: str) -> str:
+    return f"E={e},N={n},K={k},variant={variant},device={device.replace(' ', '_')}.json"
+
+
+@lru_cache(maxsize=256)
+def _load(name: str) -> dict[int, LaunchConfig] | None:
+    dirs = [Path(os.environ[ENV_DIR])] if os.environ.get(ENV_DIR) else []
+    for folder in [*dirs, CONFIG_DIR]:
+        path = folder / name
+        if path.is_file():
+            raw = json.loads(path.read_text())
+            return {int(m): LaunchConfig(**cfg) for m, cfg in raw.items()}
+    return None
+
+
+def heuristic(*, m: int, n: int, k: int, k_granule: int, num_experts: int, top_k: int) -> LaunchConfig:
+    """Untuned shapes: small BLOCK_M when experts see few rows each (decode), larger tiles for prefill."""
+    rows_per_expert = max(1, m * top_k // max(1, num_experts))
+    if rows_per_expert <= 16:
+        bm, bn, bk, gm, warps, stages = 16, 64, 128, 1, 4, 4
+    elif rows_per_expert <= 64:
+        bm, bn, bk, gm, warps, stages = 32, 64, 128, 8, 4, 4
+    elif rows_per_expert <= 256:
+        bm, bn, bk, gm, warps, stages = 64, 128, 128, 8, 4, 3
+    else:
+        bm, bn, bk, gm, warps, stages = 128, 128, 64, 8, 8, 3
+    if k_granule:
+        bk = min(bk, k_granule)
+    return LaunchConfig(bm, bn, bk, gm, warps, stages)
+
+
+def get_config(*, m: int, n: int, k: int, variant: str, k_granule: int, num_experts: int, top_k: int,
+               device: str) -> tuple[LaunchConfig, bool]:
+    """``(config, tuned)``: the tuned config nearest to ``m`` if a file exists, else the heuristic."""
+    table = _load(file_name(e=num_experts, n=n, k=k, variant=variant, device=device))
+    if table:
+        nearest = min(table, key=lambda tm: abs(tm - m))
+        return table[nearest], True
+    return heuristic(m=m, n=n, k=k, k_granule=k_granule, num_experts=num_experts, top_k=top_k), False

@@ -1,0 +1,40 @@
+"""Token alignment by expert (pure torch): every kept slot appears once in its expert's run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from triton_experts.align import align_by_expert
+
+
+@pytest.mark.parametrize(("m", "k", "e", "block"), [(1, 1, 4, 16), (7, 2, 4, 16), (33, 8, 16, 32), (5, 3, 64, 16)])
+@pytest.mark.parametrize("ep", [False, True])
+def test_alignment(m, k, e, block, ep):
+    gen = torch.Generator().manual_seed(m * 100 + k)
+    global_e = 2 * e if ep else e
+    ids = torch.randint(0, global_e, (m, k), generator=gen, dtype=torch.int32)
+    ids[0, 0] = -1  # a padding slot
+    emap = None
+    if ep:  # rank 1 of 2 holds the odd experts
+        emap = torch.tensor([g // 2 if g % 2 else -1 for g in range(global_e)], dtype=torch.int32)
+    al = align_by_expert(ids, num_local_experts=e, block_m=block, expert_map=emap)
+    total = int(al.num_post_padded)
+    assert total % block == 0 and al.sorted_ids.numel() >= total
+    flat = ids.reshape(-1).tolist()
+    local = [(emap[x].item() if x >= 0 else -1) if emap is not None else (x if 0 <= x < e else -1) for x in flat]
+    seen = []
+    for b in range(total // block):
+        expert = int(al.expert_ids[b])
+        for r in al.sorted_ids[b * block:(b + 1) * block].tolist():
+            if r == m * k:
+                continue
+            assert local[r] == expert
+            seen.append(r)
+    assert sorted(seen) == [r for r, x in enumerate(local) if x >= 0]  # each kept slot exactly once
+
+
+def test_empty_and_all_padding():
+    ids = torch.full((3, 2), -1, dtype=torch.int32)
+    al = align_by_expert(ids, num_local_experts=4, block_m=16)
+    assert int(al.num_post_padded) == 0

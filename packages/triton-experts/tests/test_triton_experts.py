@@ -1,0 +1,131 @@
+"""Every triton scheme against the reference experts and float64 math on the dense weights.
+
+Runs the real kernels: on the CPU under TRITON_INTERPRET=1 (the `triton-interpret` config) and on
+a GPU (the `cuda` config)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import quantkeys as qk
+import weight_layouts as wl
+from moe_oracle import Activation, MoEConfig, Platform, RejectReason, make_kernel, select_backend
+from weight_layouts.writer import write_tiny_checkpoint
+
+pytestmark = pytest.mark.triton
+triton = pytest.importorskip("triton")
+
+ON_GPU = torch.cuda.is_available()
+if not ON_GPU and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1", allow_module_level=True)
+DEVICE = "cuda" if ON_GPU else "cpu"
+H100 = Platform.parse("cuda:9.0")
+PLATFORM = Platform.detect() if ON_GPU else H100
+SCHEMES = [s.name for s in qk.SCHEMES.values() if s.support("triton") is not None]
+# Bound vs the reference experts (same dequantized weights, same activation quantization): bf16
+# roundings of the two GEMM inputs (2^-9 relative each; the CPU interpreter truncates instead of
+# rounding, 2^-8) and rare one-step flips of a re-quantized activation: 3% relative.
+BOUND_VS_REFERENCE = 0.03
+
+
+def rel(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def _case(tmp_path, scheme, *, e, h, i, bias, seed):
+    ckpt = write_tiny_checkpoint(tmp_path / f"{scheme}-{e}-{h}-{i}-{bias}", scheme=scheme, num_experts=e,
+                                 hidden_size=h, intermediate_size=i, bias=bias and scheme != "mxfp4_w4a16", seed=seed)
+    weights = wl.load_experts(ckpt.path, 0)
+    act = Activation.SWIGLUOAI if scheme == "mxfp4_w4a16" else Activation.SILU
+    return ckpt, weights, act
+
+
+def _inputs(m, k, e_global, h, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, h, generator=gen).to(torch.bfloat16)
+    ids = torch.stack([torch.randperm(e_global, generator=gen)[:k] for _ in range(m)]).to(torch.int32)
+    tw = torch.rand(m, k, generator=gen)
+    if m > 2:
+        ids[1] = -1  # a padding row
+    return x.to(DEVICE), tw.to(DEVICE), ids.to(DEVICE)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize(("m", "e", "h", "i"), [(1, 4, 128, 128), (9, 8, 256, 128)])
+def test_scheme_matches_reference(tmp_path, scheme, m, e, h, i):
+    _, weights, act = _case(tmp_path, scheme, e=e, h=h, i=i, bias=True, seed=m + e)
+    config = MoEConfig(num_experts=e, top_k=2, hidden_size=h, intermediate_size=i, activation=act,
+                       has_bias=weights.w13_bias is not None, in_dtype=torch.bfloat16)
+    kernel = make_kernel(weights=weights.to(DEVICE), config=config, platform=PLATFORM, force="triton")
+    assert kernel.experts.weights.layout == "triton"
+    reference = make_kernel(weights=weights, config=config, platform=PLATFORM, force="reference")
+    x, tw, ids = _inputs(m, 2, e, h, seed=m)
+    out = kernel(hidden_states=x, topk_weights=tw, topk_ids=ids)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    ref = reference(hidden_states=x.cpu(), topk_weights=tw.cpu(), topk_ids=ids.cpu())
+    assert rel(out.cpu(), ref) < BOUND_VS_REFERENCE, scheme
+    if m > 2:
+        assert torch.all(out[1] == 0)  # padding row
+
+
+@pytest.mark.parametrize("scheme", ["fp8_block", "int4_w4a16", "mxfp4_w4a16", "unquantized"])
+def test_expert_map(tmp_path, scheme):
+    e, h, i = 4, 128, 128
+    _, weights, act = _case(tmp_path, scheme, e=e, h=h, i=i, bias=False, seed=3)
+    # rank 1 of 2 with a strided placement: global experts 1, 3, 5, 7 are local 0..3
+    emap = tuple(g // 2 if g % 2 else -1 for g in range(2 * e))
+    config = MoEConfig(num_experts=2 * e, top_k=2, hidden_size=h, intermediate_size=i, activation=act,
+                       ep_size=2, ep_rank=1, expert_map=emap, in_dtype=torch.bfloat16,
+                       has_bias=weights.w13_bias is not None)
+    kernel = make_kernel(weights=weights.to(DEVICE), config=config, platform=PLATFORM, force="triton")
+    reference = make_kernel(weights=weights, config=config, platform=PLATFORM, force="reference")
+    x, tw, ids = _inputs(12, 2, 2 * e, h, seed=4)
+    out = kernel(hidden_states=x, topk_weights=tw, topk_ids=ids)
+    ref = reference(hidden_states=x.cpu(), topk_weights=tw.cpu(), topk_ids=ids.cpu())
+    assert rel(out.cpu(), ref) < BOUND_VS_REFERENCE
+    no_local = [t for t in range(12) if all(int(g) < 0 or int(g) % 2 == 0 for g in ids[t])]
+    for t in no_local:
+        assert torch.all(out[t] == 0)
+
+
+def test_against_dense_float64(tmp_path):
+    """The whole path (checkpoint -> triton layout -> kernels) against float64 on the dense weights."""
+    e, h, i = 8, 256, 128
+    ckpt, weights, _ = _case(tmp_path, "fp8_block", e=e, h=h, i=i, bias=False, seed=9)
+    config = MoEConfig(num_experts=e, top_k=2, hidden_size=h, intermediate_size=i, in_dtype=torch.bfloat16)
+    kernel = make_kernel(weights=weights.to(DEVICE), config=config, platform=PLATFORM, force="triton")
+    x, tw, ids = _inputs(16, 2, e, h, seed=5)
+    out = kernel(hidden_states=x, topk_weights=tw, topk_ids=ids).cpu().double()
+    ref = torch.zeros(16, h, dtype=torch.float64)
+    for t in range(16):
+        for j in range(2):
+            g = int(ids[t, j])
+            if g < 0:
+                continue
+            hh = ckpt.w13[0][g].double() @ x[t].cpu().double()
+            a = torch.nn.functional.silu(hh[:i]) * hh[i:]
+            ref[t] += float(tw[t, j]) * (ckpt.w2[0][g].double() @ a)
+    # fp8 weights (~2.6% RMS) + fp8 1x128 activations on both GEMM inputs (~2-3%): 8% bound
+    assert rel(out, ref) < 0.08
+
+
+def test_oracle_prefers_triton_on_cuda_and_says_why_not_elsewhere():
+    cfg = MoEConfig(num_experts=8, top_k=2, hidden_size=256, intermediate_size=128)
+    sel = select_backend(weight_key=qk.kFp8Static128BlockSym, activation_key=qk.kFp8Dynamic128Sym, config=cfg,
+                         platform=H100)
+    assert sel.backend == "triton"
+    sel = select_backend(weight_key=qk.kFp8Static128BlockSym, activation_key=qk.kFp8Dynamic128Sym, config=cfg,
+                         platform=Platform.parse("cuda:8.0"))
+    assert sel.backend == "reference"
+    (rej,) = [r for r in sel.rejected if r.backend == "triton"]
+    assert rej.reason is RejectReason.DEVICE_CAPABILITY and "8.9" in rej.detail
+    sel = select_backend(weight_key=qk.kInt4Static, activation_key=None, config=cfg, platform=Platform.parse("cuda:8.0"))
+    assert sel.backend == "triton"  # weight-only int4 runs on Ampere
+    from moe_oracle import ForcedBackendError
+
+    with pytest.raises(ForcedBackendError, match="fp8e4nv"):
+        select_backend(weight_key=qk.kFp8Static128BlockSym, activation_key=qk.kFp8Dynamic128Sym, config=cfg,
+                       platform=Platform.parse("xpu"), force="triton")
