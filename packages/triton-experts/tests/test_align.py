@@ -32,6 +32,7 @@ def test_alignment(m, k, e, block, ep):
             assert local[r] == expert
             seen.append(r)
     assert sorted(seen) == [r for r, x in enumerate(local) if x >= 0]  # each kept slot exactly once
+    assert all(int(x) == -1 for x in al.expert_ids[total // block:])  # blocks past the end are skipped
 
 
 def test_empty_and_all_padding():

@@ -1,10 +1,13 @@
-"""Group (token, slot) rows by expert for the grouped GEMM (pure torch, no custom ops).
+"""Group (token, slot) rows by expert for the grouped GEMM (pure torch, no host synchronization).
 
 ``align_by_expert(topk_ids, num_local_experts=, block_m=, expert_map=)`` flattens ``topk_ids``
 ``[M, k]`` into ``M * k`` slot rows, maps global ids to local ones (``expert_map``: -1 = not on
-this rank), and returns the rows of each local expert contiguously, each expert's run padded up
-to a multiple of ``block_m`` with the sentinel ``M * k``. Rows whose expert is not local (or
-whose id is negative: padding) are left out, so the kernels never touch them.
+this rank), and lays the rows of each local expert out contiguously, each expert's run padded up
+to a multiple of ``block_m`` with the sentinel ``M * k``. Rows whose expert is not local (or whose
+id is negative: padding) are left out, so the kernels never touch them.
+
+Every output has a size known on the host (an upper bound of the padded length), so nothing waits
+for the GPU: blocks past the real padded length carry expert -1 and the kernels skip them.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ import torch
 
 @dataclass(frozen=True)
 class Alignment:
-    """``sorted_ids`` int32 [P] (P = padded rows, a multiple of block_m), ``expert_ids`` int32
-    [P / block_m] (the local expert of each block), ``num_post_padded`` int32 [1] (= P), and
-    ``num_valid`` = M * k (the sentinel)."""
+    """``sorted_ids`` int32 [P_max] (P_max a multiple of block_m), ``expert_ids`` int32 [P_max /
+    block_m] (the local expert of each block, -1 past the end), ``num_post_padded`` int32 [1] (the
+    real padded length P, on the device), and ``num_valid`` = M * k (the sentinel)."""
 
     sorted_ids: torch.Tensor
     expert_ids: torch.Tensor
@@ -32,28 +35,33 @@ def align_by_expert(topk_ids: torch.Tensor, *, num_local_experts: int, block_m: 
     flat = topk_ids.reshape(-1).to(torch.int64)
     num_valid = flat.numel()
     device = flat.device
+    e = num_local_experts
     if expert_map is not None:
         local = torch.where(flat >= 0, expert_map.to(device=device, dtype=torch.int64)[flat.clamp(min=0)],
                             torch.full_like(flat, -1))
     else:
-        local = torch.where((flat >= 0) & (flat < num_local_experts), flat, torch.full_like(flat, -1))
-    keep = local >= 0
-    rows = torch.nonzero(keep, as_tuple=True)[0]
-    experts = local[rows]
-    order = torch.argsort(experts, stable=True)
-    rows, experts = rows[order], experts[order]
-    counts = torch.bincount(experts, minlength=num_local_experts)
+        local = torch.where((flat >= 0) & (flat < e), flat, torch.full_like(flat, -1))
+    valid = local >= 0
+    key = torch.where(valid, local, torch.full_like(local, e))  # not-local rows sort last
+    sorted_key, order = torch.sort(key, stable=True)
+    counts = torch.zeros(e + 1, dtype=torch.int64, device=device).scatter_add_(0, key, torch.ones_like(key))[:e]
     padded = (counts + block_m - 1) // block_m * block_m
-    total = int(padded.sum())
-    sorted_ids = torch.full((max(total, block_m),), num_valid, dtype=torch.int32, device=device)
-    if rows.numel():
-        starts = torch.cumsum(padded, 0) - padded  # start of each expert's run
-        run_start = torch.cumsum(counts, 0) - counts
-        pos = starts[experts] + (torch.arange(rows.numel(), device=device) - run_start[experts])
-        sorted_ids[pos] = rows.to(torch.int32)
-    blocks = torch.repeat_interleave(torch.arange(num_local_experts, device=device), padded // block_m)
-    expert_ids = torch.full((max(total, block_m) // block_m,), -1, dtype=torch.int32, device=device)
-    expert_ids[: blocks.numel()] = blocks.to(torch.int32)
-    return Alignment(sorted_ids=sorted_ids, expert_ids=expert_ids,
-                     num_post_padded=torch.tensor([total], dtype=torch.int32, device=device),
+    ends = torch.cumsum(padded, 0)
+    starts = ends - padded
+    run_start = torch.cumsum(counts, 0) - counts
+    # upper bound of the padded length: every expert adds at most block_m - 1 rows, and no row can
+    # take more than a whole block of its own
+    cap = min(num_valid + e * (block_m - 1), num_valid * block_m)
+    cap = max(block_m, (cap + block_m - 1) // block_m * block_m)
+    sk = sorted_key.clamp(max=e - 1)
+    dest = starts[sk] + torch.arange(num_valid, device=device) - run_start[sk]
+    dest = torch.where(sorted_key < e, dest, torch.full_like(dest, cap))  # not-local rows go to a trash slot
+    sorted_ids = torch.full((cap + 1,), num_valid, dtype=torch.int32, device=device)
+    sorted_ids.scatter_(0, dest, order.to(torch.int32))
+    block_starts = torch.arange(0, cap, block_m, device=device)
+    block_expert = torch.searchsorted(ends, block_starts, right=True)
+    expert_ids = torch.where(block_expert < e, block_expert, torch.full_like(block_expert, -1)).to(torch.int32)
+    return Alignment(sorted_ids=sorted_ids[:cap], expert_ids=expert_ids,
+                     num_post_padded=ends[-1:].to(torch.int32) if e else torch.zeros(1, dtype=torch.int32,
+                                                                                   device=device),
                      num_valid=num_valid, block_m=block_m)

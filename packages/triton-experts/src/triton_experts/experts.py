@@ -40,6 +40,15 @@ def _served() -> tuple[frozenset, dict]:
 _PAIRS, _VARIANT_OF_PAIR = _served()
 
 
+_DEVICE_NAMES: dict[torch.device, str] = {}
+
+
+def _device_name(device: torch.device) -> str:
+    if device not in _DEVICE_NAMES:
+        _DEVICE_NAMES[device] = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return _DEVICE_NAMES[device]
+
+
 def _needs_fp8(wk: QuantKey | None, ak: QuantKey | None) -> bool:
     return any(k is not None and k.dtype in (QuantDType.FP8_E4M3, QuantDType.FP8_E5M2) for k in (wk, ak))
 
@@ -138,7 +147,7 @@ class TritonExperts(Experts):
         h, i = cfg.hidden_size, cfg.intermediate_size
         n1 = self.weights.w13.rows
         meta = VARIANTS[self.variant_name]
-        device_name = torch.cuda.get_device_name() if hidden_states.is_cuda else "cpu"
+        device_name = _device_name(hidden_states.device)
         c1, tuned1 = get_config(m=m, n=n1, k=h, variant=self.variant_name, k_granule=meta["k_granule"],
                                 num_experts=cfg.num_local_experts, top_k=k, device=device_name)
         c2, tuned2 = get_config(m=m, n=h, k=i, variant=self.variant_name, k_granule=meta["k_granule"],

@@ -49,7 +49,7 @@ def _int_group(w: StackedWeight) -> dict[str, torch.Tensor]:
     symmetric = bool(p.get("sym", p.get("symmetric", True)))
     g_idx = t.get("g_idx", t.get("weight_g_idx"))
     if g_idx is not None:
-        trivial = torch.arange(w.cols, dtype=g_idx.dtype) // g
+        trivial = torch.arange(w.cols, dtype=g_idx.dtype, device=g_idx.device) // g
         if not torch.equal(g_idx, trivial.expand_as(g_idx)):
             raise LayoutError("the triton int kernels do not serve act-order (non-monotonic g_idx) weights")
     offset = 1 << (bits - 1)

@@ -74,7 +74,7 @@ def _int4(w: StackedWeight) -> dict[str, torch.Tensor]:
     t = w.tensors
     g_idx = t.get("g_idx", t.get("weight_g_idx"))
     if g_idx is not None:
-        trivial = torch.arange(w.cols, dtype=g_idx.dtype) // group
+        trivial = torch.arange(w.cols, dtype=g_idx.dtype, device=g_idx.device) // group
         if not torch.equal(g_idx, trivial.expand_as(g_idx)):
             raise LayoutError("xpu int4 does not serve act-order (non-monotonic g_idx) weights")
     if w.format == "gptq":

@@ -42,8 +42,8 @@ def moe_gemm_bf16(
     # pointers
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
     sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr,
-    # sizes
-    N, K, num_valid,
+    # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
+    N, K, num_valid, num_m_blocks,
     # strides
     stride_am, stride_ak, stride_asm, stride_ask,
     stride_be, stride_bn, stride_bk,
@@ -65,7 +65,7 @@ def moe_gemm_bf16(
     # -- which tile ----------------------------------------------------------------------------
     pid = tl.program_id(0)
     num_post_padded = tl.load(num_post_padded_ptr)
-    num_pid_m = tl.cdiv(num_post_padded, BLOCK_M)
+    num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
     first_m = group * GROUP_M
@@ -107,8 +107,8 @@ def moe_gemm_fp8_tensor(
     # pointers
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
     sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr,
-    # sizes
-    N, K, num_valid,
+    # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
+    N, K, num_valid, num_m_blocks,
     # strides
     stride_am, stride_ak, stride_asm, stride_ask,
     stride_be, stride_bn, stride_bk,
@@ -130,7 +130,7 @@ def moe_gemm_fp8_tensor(
     # -- which tile ----------------------------------------------------------------------------
     pid = tl.program_id(0)
     num_post_padded = tl.load(num_post_padded_ptr)
-    num_pid_m = tl.cdiv(num_post_padded, BLOCK_M)
+    num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
     first_m = group * GROUP_M
@@ -173,8 +173,8 @@ def moe_gemm_fp8_channel(
     # pointers
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
     sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr,
-    # sizes
-    N, K, num_valid,
+    # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
+    N, K, num_valid, num_m_blocks,
     # strides
     stride_am, stride_ak, stride_asm, stride_ask,
     stride_be, stride_bn, stride_bk,
@@ -196,7 +196,7 @@ def moe_gemm_fp8_channel(
     # -- which tile ----------------------------------------------------------------------------
     pid = tl.program_id(0)
     num_post_padded = tl.load(num_post_padded_ptr)
-    num_pid_m = tl.cdiv(num_post_padded, BLOCK_M)
+    num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
     first_m = group * GROUP_M
@@ -241,8 +241,8 @@ def moe_gemm_fp8_block(
     # pointers
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
     sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr,
-    # sizes
-    N, K, num_valid,
+    # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
+    N, K, num_valid, num_m_blocks,
     # strides
     stride_am, stride_ak, stride_asm, stride_ask,
     stride_be, stride_bn, stride_bk,
@@ -264,7 +264,7 @@ def moe_gemm_fp8_block(
     # -- which tile ----------------------------------------------------------------------------
     pid = tl.program_id(0)
     num_post_padded = tl.load(num_post_padded_ptr)
-    num_pid_m = tl.cdiv(num_post_padded, BLOCK_M)
+    num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
     first_m = group * GROUP_M
@@ -309,8 +309,8 @@ def moe_gemm_int8_w8a8(
     # pointers
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
     sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr,
-    # sizes
-    N, K, num_valid,
+    # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
+    N, K, num_valid, num_m_blocks,
     # strides
     stride_am, stride_ak, stride_asm, stride_ask,
     stride_be, stride_bn, stride_bk,
@@ -332,7 +332,7 @@ def moe_gemm_int8_w8a8(
     # -- which tile ----------------------------------------------------------------------------
     pid = tl.program_id(0)
     num_post_padded = tl.load(num_post_padded_ptr)
-    num_pid_m = tl.cdiv(num_post_padded, BLOCK_M)
+    num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
     first_m = group * GROUP_M
@@ -377,8 +377,8 @@ def moe_gemm_int4_w4a16(
     # pointers
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
     sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr,
-    # sizes
-    N, K, num_valid,
+    # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
+    N, K, num_valid, num_m_blocks,
     # strides
     stride_am, stride_ak, stride_asm, stride_ask,
     stride_be, stride_bn, stride_bk,
@@ -400,7 +400,7 @@ def moe_gemm_int4_w4a16(
     # -- which tile ----------------------------------------------------------------------------
     pid = tl.program_id(0)
     num_post_padded = tl.load(num_post_padded_ptr)
-    num_pid_m = tl.cdiv(num_post_padded, BLOCK_M)
+    num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
     first_m = group * GROUP_M
@@ -449,8 +449,8 @@ def moe_gemm_int8_w8a16(
     # pointers
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
     sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr,
-    # sizes
-    N, K, num_valid,
+    # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
+    N, K, num_valid, num_m_blocks,
     # strides
     stride_am, stride_ak, stride_asm, stride_ask,
     stride_be, stride_bn, stride_bk,
@@ -472,7 +472,7 @@ def moe_gemm_int8_w8a16(
     # -- which tile ----------------------------------------------------------------------------
     pid = tl.program_id(0)
     num_post_padded = tl.load(num_post_padded_ptr)
-    num_pid_m = tl.cdiv(num_post_padded, BLOCK_M)
+    num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
     first_m = group * GROUP_M
@@ -520,8 +520,8 @@ def moe_gemm_mxfp8(
     # pointers
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
     sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr,
-    # sizes
-    N, K, num_valid,
+    # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
+    N, K, num_valid, num_m_blocks,
     # strides
     stride_am, stride_ak, stride_asm, stride_ask,
     stride_be, stride_bn, stride_bk,
@@ -543,7 +543,7 @@ def moe_gemm_mxfp8(
     # -- which tile ----------------------------------------------------------------------------
     pid = tl.program_id(0)
     num_post_padded = tl.load(num_post_padded_ptr)
-    num_pid_m = tl.cdiv(num_post_padded, BLOCK_M)
+    num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
     first_m = group * GROUP_M
@@ -589,8 +589,8 @@ def moe_gemm_mxfp4(
     # pointers
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
     sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr,
-    # sizes
-    N, K, num_valid,
+    # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
+    N, K, num_valid, num_m_blocks,
     # strides
     stride_am, stride_ak, stride_asm, stride_ask,
     stride_be, stride_bn, stride_bk,
@@ -612,7 +612,7 @@ def moe_gemm_mxfp4(
     # -- which tile ----------------------------------------------------------------------------
     pid = tl.program_id(0)
     num_post_padded = tl.load(num_post_padded_ptr)
-    num_pid_m = tl.cdiv(num_post_padded, BLOCK_M)
+    num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
     first_m = group * GROUP_M

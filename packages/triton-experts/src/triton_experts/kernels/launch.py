@@ -48,10 +48,10 @@ def grouped_gemm(
         raise ValueError(f"{variant}: BLOCK_K={bk} must divide the {meta['k_granule']}-wide scale groups")
     if meta["b"] == "int_group" and group_k % bk:
         raise ValueError(f"{variant}: BLOCK_K={bk} must divide the quantization group {group_k}")
-    dummy = torch.empty(1, device=a.device, dtype=torch.float32)
+    dummy, dummy_u8 = _dummies(a.device)
     a_s = a_scale if a_scale is not None else dummy
     s = scale if scale is not None else dummy
-    z = zero if zero is not None else torch.empty(1, 1, 1, device=a.device, dtype=torch.uint8)
+    z = zero if zero is not None else dummy_u8
     b = bias if bias is not None else dummy
     tw = topk_weights if topk_weights is not None else dummy
     a_s2 = a_s if a_s.dim() == 2 else a_s.reshape(-1, 1)
@@ -62,7 +62,7 @@ def grouped_gemm(
     kernel[grid](
         a, a_s, weight, s, z, b, out, tw,
         alignment.sorted_ids, alignment.expert_ids, alignment.num_post_padded,
-        n, k, alignment.num_valid,
+        n, k, alignment.num_valid, num_m_blocks,
         a.stride(0), a.stride(1), a_s2.stride(0), a_s2.stride(1),
         weight.stride(0), weight.stride(1), weight.stride(2),
         s3.stride(0), s3.stride(1), s3.stride(2),
@@ -76,6 +76,15 @@ def grouped_gemm(
 
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_DUMMIES: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _dummies(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Placeholders for absent operands (never read: the kernel's constexpr flags skip them)."""
+    if device not in _DUMMIES:
+        _DUMMIES[device] = (torch.zeros(1, device=device, dtype=torch.float32),
+                            torch.zeros(1, 1, 1, device=device, dtype=torch.uint8))
+    return _DUMMIES[device]
 
 
 def triton_cdiv(a: int, b: int) -> int:
