@@ -194,7 +194,7 @@ def main() -> None:
     for name in args.models.split(","):
         rows += bench_model(name, MODELS[name], args.schemes.split(","), [int(m) for m in args.m.split(",")], bw)
     RESULTS.mkdir(exist_ok=True)
-    out = args.out or RESULTS / f"triton_experts-{args.models.replace(',', '+')}-{device.replace(' ', '_')}.json"
+    out = args.out or RESULTS / f"triton_experts-{args.models.replace(',', '_')}-{device.replace(' ', '_')}.json"
     out.write_text(json.dumps({"device": device, "torch": torch.__version__, "triton": triton.__version__,
                                "python": platform.python_version(), "copy_bandwidth_Bps": bw, "rows": rows},
                               indent=1))
