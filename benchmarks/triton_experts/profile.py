@@ -8,9 +8,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from run import MODELS, make_weights, routing  # noqa: E402
+from run import MODELS, make_weights, routing
 
-from moe_oracle import MoEConfig, Platform, make_kernel  # noqa: E402
+from moe_oracle import MoEConfig, Platform, make_kernel
 
 
 def main() -> None:

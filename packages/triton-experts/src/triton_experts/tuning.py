@@ -1,6 +1,7 @@
 """Kernel launch configs: tuned JSON per (E, N, K, variant, device) with a heuristic fallback.
 
-Files: ``configs/E={E},N={N},K={K},variant={variant},device={device}.json`` mapping a token
+Files: ``configs/E{E}_N{N}_K{K}_{variant}_{device}.json`` (device name with every character
+other than letters and digits replaced by ``_``) mapping a token
 count M (as a string) to ``{"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages"}``.
 The nearest tuned M wins. ``QMOE_TRITON_CONFIG_DIR`` adds a folder searched first.
 benchmarks/triton_experts/tune.py writes these files.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -32,7 +34,8 @@ class LaunchConfig:
 
 
 def file_name(*, e: int, n: int, k: int, variant: str, device: str) -> str:
-    return f"E={e},N={n},K={k},variant={variant},device={device.replace(' ', '_')}.json"
+    safe = re.sub(r"[^A-Za-z0-9]", "_", device)
+    return f"E{e}_N{n}_K{k}_{variant}_{safe}.json"
 
 
 @lru_cache(maxsize=256)
