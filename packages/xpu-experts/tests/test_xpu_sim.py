@@ -128,14 +128,15 @@ def test_expert_parallel_ranks_sum_to_the_whole(tmp_path, scheme, placement):
 
 def test_selection_reasons_on_xpu():
     cfg = MoEConfig(num_experts=E, top_k=TOP, hidden_size=H, intermediate_size=INTER)
+    # the next candidates (triton if it is installed, else the reference) serve what xpu rejects
     sel = select_backend(weight_key=qk.kInt8StaticChannelSym, activation_key=qk.kInt8DynamicTokenSym, config=cfg,
                          platform=XPU)
-    assert sel.backend == "reference"
+    assert sel.backend != "xpu"
     xpu = [r for r in sel.rejected if r.backend == "xpu"]
     assert len(xpu) == len(xe.ALL_EXPERTS) and all(r.reason is RejectReason.QUANT_KEYS for r in xpu)
     # int4 per channel is not an XPU key (groups of 32..256 only)
     sel = select_backend(weight_key=qk.kInt4StaticChannel, activation_key=None, config=cfg, platform=XPU)
-    assert sel.backend == "reference"
+    assert sel.backend != "xpu" and any(r.backend == "xpu" for r in sel.rejected)
     # shape limits are reasons too
     odd = MoEConfig(num_experts=E, top_k=TOP, hidden_size=192, intermediate_size=INTER)
     sel = select_backend(weight_key=qk.kFp8Static128BlockSym, activation_key=qk.kFp8Dynamic128Sym, config=odd,
@@ -143,8 +144,6 @@ def test_selection_reasons_on_xpu():
     block = [r for r in sel.rejected if r.experts == "XPUExpertsBlockFp8"]
     assert block and block[0].reason is RejectReason.SHAPE
     # xpu never runs on other platforms
-    sel = select_backend(weight_key=qk.kFp8Static128BlockSym, activation_key=qk.kFp8Dynamic128Sym, config=cfg,
-                         platform=Platform.parse("cuda:9.0"), force="xpu") if False else None
     from moe_oracle import ForcedBackendError
 
     with pytest.raises(ForcedBackendError, match="runs on xpu, not cuda"):

@@ -15,6 +15,7 @@ from .experts_base import Capabilities, Experts, Rejection, RejectReason
 from .kernel import LocalPrepareFinalize, MoEKernel, make_kernel
 from .model_info import MoELayerInfo, RoutingKind, RoutingSpec, moe_layer_info
 from .module import QuantizedMoE
+from .parallel import ParallelConfig, PrepareFinalizeKind, PrepareFinalizeSelection, TokenLayout
 from .platform import Platform
 from .registry import ENTRY_POINT_GROUP, Backend, register_backend, registered_backends, unregister_backend
 from .routing import TopK, grouped_topk, softmax_topk
@@ -49,7 +50,10 @@ __all__ = [
     "MoELayerInfo",
     "MoEQuantConfig",
     "NoBackendError",
+    "ParallelConfig",
     "Platform",
+    "PrepareFinalizeKind",
+    "PrepareFinalizeSelection",
     "QuantizedMoE",
     "RejectReason",
     "Rejection",
@@ -59,6 +63,7 @@ __all__ = [
     "SelectionError",
     "Settings",
     "TensorQuant",
+    "TokenLayout",
     "TopK",
     "UnknownBackendError",
     "applicable_backends",
