@@ -14,12 +14,20 @@ pytest.importorskip("jinja2")
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _declared_output(template: Path) -> str:
+    """The output a template declares on its first line ({#- codegen: output=PATH ... -#})."""
+    first = template.read_text().split("\n", 1)[0]
+    return next(f.split("=", 1)[1] for f in first.split() if f.startswith("output="))
+
+
 def _copy_repo(tmp_path: Path) -> Path:
     root = tmp_path / "repo"
-    generated_into = ("packages/quantkeys/src", "packages/xpu-experts/src/xpu_experts/_generated_experts.py")
-    for rel in ("codegen", "templates", *generated_into, "README.md", "VERSION"):
+    generated_into = [_declared_output(t) for t in sorted((REPO / "templates").rglob("*.j2"))]
+    for rel in ("codegen", "templates", "packages/quantkeys/src", *generated_into, "README.md", "VERSION"):
         src = REPO / rel
         dst = root / rel
+        if dst.exists():
+            continue
         if src.is_dir():
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
         else:
