@@ -23,7 +23,7 @@ from dataclasses import replace
 import torch
 
 from weight_layouts import CANONICAL, ExpertWeights, LayoutError, StackedWeight, register_layout
-from weight_layouts.conversions import gptq_int4_to_nk_uint8
+from weight_layouts.conversions import gptq_int4_to_nk_uint8, require_group_order
 from weight_layouts.packing import unpack_int32
 
 LAYOUT = "triton"
@@ -47,11 +47,7 @@ def _int_group(w: StackedWeight) -> dict[str, torch.Tensor]:
     group = int(p.get("group_size", -1) or -1)
     g = w.cols if group in (-1, 0) else group
     symmetric = bool(p.get("sym", p.get("symmetric", True)))
-    g_idx = t.get("g_idx", t.get("weight_g_idx"))
-    if g_idx is not None:
-        trivial = torch.arange(w.cols, dtype=g_idx.dtype, device=g_idx.device) // g
-        if not torch.equal(g_idx, trivial.expand_as(g_idx)):
-            raise LayoutError("the triton int kernels do not serve act-order (non-monotonic g_idx) weights")
+    require_group_order(w, group=g, backend="the triton int kernels")
     offset = 1 << (bits - 1)
     if w.format == "gptq":
         q = t["qweight"]  # [E, K*bits/32, N]

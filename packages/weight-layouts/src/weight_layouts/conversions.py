@@ -11,6 +11,8 @@ import sys
 
 import torch
 
+from .experts import StackedWeight
+from .layouts import LayoutError
 from .packing import pack_nibbles_uint8, unpack_int32
 
 
@@ -46,3 +48,16 @@ def nk_uint8_to_signed_int4(packed: torch.Tensor) -> torch.Tensor:
     if packed.dtype != torch.uint8:
         raise ValueError(f"expected uint8 packed nibbles, got {packed.dtype}")
     return packed ^ 0x88
+
+
+def require_group_order(weight: StackedWeight, *, group: int, backend: str) -> None:
+    """Refuse act-order int weights: their ``g_idx`` (GPTQ ``g_idx`` / compressed-tensors
+    ``weight_g_idx``) must be ``k // group`` for every input channel k. Raises LayoutError naming
+    ``backend``; weights without a g_idx pass."""
+    t = weight.tensors
+    g_idx = t.get("g_idx", t.get("weight_g_idx"))
+    if g_idx is None:
+        return
+    trivial = torch.arange(weight.cols, dtype=g_idx.dtype, device=g_idx.device) // group
+    if not torch.equal(g_idx, trivial.expand_as(g_idx)):
+        raise LayoutError(f"{backend} does not serve act-order (non-monotonic g_idx) weights")

@@ -13,7 +13,7 @@ from dataclasses import replace
 import torch
 
 from weight_layouts import CANONICAL, ExpertWeights, LayoutError, StackedWeight, register_layout
-from weight_layouts.conversions import gptq_int4_to_nk_uint8, gptq_scales_to_nk
+from weight_layouts.conversions import gptq_int4_to_nk_uint8, gptq_scales_to_nk, require_group_order
 
 from .recipes import XpuRecipe
 
@@ -72,11 +72,7 @@ def _int4(w: StackedWeight) -> dict[str, torch.Tensor]:
     if w.cols % group:
         raise LayoutError(f"xpu int4: input size {w.cols} is not a multiple of the group size {group}")
     t = w.tensors
-    g_idx = t.get("g_idx", t.get("weight_g_idx"))
-    if g_idx is not None:
-        trivial = torch.arange(w.cols, dtype=g_idx.dtype, device=g_idx.device) // group
-        if not torch.equal(g_idx, trivial.expand_as(g_idx)):
-            raise LayoutError("xpu int4 does not serve act-order (non-monotonic g_idx) weights")
+    require_group_order(w, group=group, backend="xpu int4")
     if w.format == "gptq":
         if p.get("checkpoint_format", "gptq") not in ("gptq", "gptq_v2"):
             raise LayoutError(f"unknown GPTQ checkpoint_format {p.get('checkpoint_format')!r}")
