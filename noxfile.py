@@ -151,14 +151,16 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def demo(session: nox.Session) -> None:
-    """The main job. Until the integration issue lands it shows the vocabulary: the scheme table
-    and the keys parsed from config.json files modeled on public MoE checkpoints."""
+    """The main job. Until the integration issue lands: the scheme table, the keys parsed from
+    config.json files modeled on public MoE checkpoints, and which experts backend the oracle picks
+    for a tiny checkpoint of every scheme on every platform, with the reasons for the others."""
     if _installing(session):
-        session.install("packages/quantkeys")
+        session.install(*ALL_PACKAGE_PATHS, *CONSTRAINTS)
     session.run("quantkeys", "schemes")
     for config in sorted((ROOT / "packages/quantkeys/tests/fixtures").glob("*.json")):
         session.log(f"--- {config.name}")
         session.run("quantkeys", "parse", str(config), silent=False)
+    session.run("moe-oracle", "explain", "--platform", "all")
 
 
 @nox.session(default=False, venv_backend="none")

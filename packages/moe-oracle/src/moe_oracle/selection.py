@@ -85,7 +85,9 @@ def _try_backend(entry: BackendEntry, config: MoEConfig, platform: Platform, wei
     for cls in backend.experts:
         ok, rejection = cls.is_supported(config, platform, weight_key=weight_key, activation_key=activation_key)
         if ok:
-            return cls, rejections
+            # sibling classes that serve other schemes of the same backend are not candidates: drop
+            # their quant-key mismatches, keep any other reason a sibling gave
+            return cls, [r for r in rejections if r.reason is not RejectReason.QUANT_KEYS]
         assert rejection is not None
         rejections.append(rejection)
     return None, rejections
