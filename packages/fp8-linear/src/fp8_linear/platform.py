@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from quantkeys import PlatformKind
+from quantkeys.platforms import parse_platform
 
 from .fp8 import E4M3FN, E4M3FNUZ
 
@@ -107,25 +108,7 @@ class LinearPlatform:
         The software fields default to what this machine has (triton importable, TRITON_INTERPRET,
         the installed torch's blockwise API).
         """
-        kind_text, _, detail = text.strip().lower().partition(":")
-        try:
-            kind = PlatformKind(kind_text)
-        except ValueError:
-            valid = ", ".join(k.value for k in PlatformKind)
-            raise ValueError(f"unknown platform {text!r}; expected one of {valid}, e.g. 'cuda:9.0'") from None
-        capability = None
-        arch = None
-        if kind is PlatformKind.CUDA:
-            m = re.fullmatch(r"(?:sm_?)?(\d+)(?:\.(\d+))?", detail)
-            if m is None:
-                raise ValueError(f"cannot read a compute capability from {text!r}; write 'cuda:9.0' or 'cuda:sm90'")
-            if m.group(2) is not None:
-                capability = (int(m.group(1)), int(m.group(2)))
-            else:
-                digits = m.group(1)
-                capability = (int(digits[:-1]), int(digits[-1])) if len(digits) > 1 else (int(digits), 0)
-        elif detail:
-            arch = detail
+        kind, capability, arch = parse_platform(text)
         return cls(
             kind=kind,
             capability=capability,

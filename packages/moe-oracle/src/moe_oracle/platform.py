@@ -7,10 +7,10 @@ an H100 or a CPU?" and tests need no monkeypatching.
 from __future__ import annotations
 
 import importlib.util
-import re
 from dataclasses import dataclass, field
 
 from quantkeys import PlatformKind
+from quantkeys.platforms import parse_platform
 
 # Optional kernel packages whose presence changes what a backend can do.
 OPTIONAL_PACKAGES = ("triton", "vllm_xpu_kernels", "triton_experts", "xpu_experts")
@@ -61,25 +61,7 @@ class Platform:
 
         ``packages`` defaults to what is importable on this machine.
         """
-        kind_text, _, detail = text.strip().lower().partition(":")
-        try:
-            kind = PlatformKind(kind_text)
-        except ValueError:
-            valid = ", ".join(k.value for k in PlatformKind)
-            raise ValueError(f"unknown platform {text!r}; expected one of {valid}, e.g. 'cuda:9.0'") from None
-        capability = None
-        arch = None
-        if kind is PlatformKind.CUDA:
-            m = re.fullmatch(r"(?:sm_?)?(\d+)(?:\.(\d+))?", detail)
-            if m is None:
-                raise ValueError(f"cannot read a compute capability from {text!r}; write 'cuda:9.0' or 'cuda:sm90'")
-            if m.group(2) is not None:
-                capability = (int(m.group(1)), int(m.group(2)))
-            else:
-                digits = m.group(1)
-                capability = (int(digits[:-1]), int(digits[-1])) if len(digits) > 1 else (int(digits), 0)
-        elif detail:
-            arch = detail
+        kind, capability, arch = parse_platform(text)
         import torch
 
         return cls(kind=kind, capability=capability, arch=arch, torch_version=torch.__version__,
