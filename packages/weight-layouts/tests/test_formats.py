@@ -54,6 +54,7 @@ BUILTIN = (
     "ct-pack-quantized",
     "mxfp8",
     "mxfp4",
+    "ct-mxfp4",
 )
 PROPS = settings(max_examples=30, deadline=None)
 SCALE_DTYPES = [None, torch.float32, torch.bfloat16, torch.float16]
@@ -222,6 +223,7 @@ def test_register_format_adds_and_rejects_duplicates():
         ("ct-pack-quantized", {"symmetric": False}, {"weight_packed", "weight_scale", "weight_shape", "weight_zero_point"}),
         ("mxfp8", {}, {"weight", "weight_scale"}),
         ("mxfp4", {}, {"blocks", "scales"}),
+        ("ct-mxfp4", {}, {"weight_packed", "weight_scale"}),
     ],
 )
 def test_encoded_tensor_names_match_encode(fmt, params, names):
@@ -494,6 +496,31 @@ def test_mxfp4_roundtrip(w):
     assert t["blocks"].dtype == torch.uint8 and t["blocks"].shape == (*w.shape[:-2], n, k // 32, 16)
     assert t["scales"].dtype == torch.uint8 and t["scales"].shape == (*w.shape[:-2], n, k // 32)
     assert_within(d, w, mx_bound(w, t["scales"], elem_max=6.0, rel=0.25, sub=0.25))
+
+
+@PROPS
+@given(w=weights(k_mult=32, max_k=128, max_n=24))
+def test_ct_mxfp4_is_mxfp4_stored_flat(w):
+    """compressed-tensors' mxfp4-pack-quantized: the same bytes as ``mxfp4``, [N, K/2] per row;
+    ``to_canonical`` re-views it as ``mxfp4`` without a copy."""
+    t, d = roundtrip("ct-mxfp4", w, {})
+    ref = encode("mxfp4", w)
+    n, k = w.shape[-2:]
+    assert t["weight_packed"].shape == (*w.shape[:-2], n, k // 2)
+    assert torch.equal(t["weight_packed"], ref["blocks"].flatten(-2)) and torch.equal(t["weight_scale"], ref["scales"])
+    canon = get_format("ct-mxfp4").to_canonical(t)
+    assert canon["blocks"].data_ptr() == t["weight_packed"].data_ptr()
+    assert torch.equal(decode("mxfp4", canon), d)
+
+
+def test_ct_mxfp4_rejects_bad_tensors():
+    t = encode("ct-mxfp4", torch.randn(4, 64))
+    with pytest.raises(FormatError, match="weight_packed"):
+        decode("ct-mxfp4", {**t, "weight_packed": t["weight_packed"][:, :-1].contiguous()})
+    with pytest.raises(FormatError, match="weight_scale"):
+        decode("ct-mxfp4", {**t, "weight_scale": t["weight_scale"][:, :1].contiguous()})
+    with pytest.raises(FormatError, match="weight_packed"):
+        decode("ct-mxfp4", {**t, "weight_packed": t["weight_packed"].to(torch.int32)})
 
 
 def test_mx_block_exponent_follows_the_ocp_rule():

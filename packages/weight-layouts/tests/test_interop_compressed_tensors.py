@@ -212,3 +212,18 @@ def test_mx_formats(ct, fmt):
     else:
         back_in = {"weight_packed": ours["blocks"].reshape(N, K // 2), "weight_scale": ours["scales"]}
     same(decode(fmt, ours), comp.decompress(back_in, scheme)["weight"])
+
+
+def test_ct_mxfp4_is_compressed_tensors_own_layout(ct):
+    """``ct-mxfp4`` reads and writes compressed-tensors' mxfp4-pack-quantized tensors as they are."""
+    scheme = ct["preset"]("MXFP4A16", ["Linear"])
+    comp = ct["mxfp4"]
+    w = weight(12)
+    view = groups_of(w, 32)
+    scale, zp = ct["qparams"](view.amin(-1), view.amax(-1), scheme.weights)
+    theirs = comp.compress({"weight": w, "weight_scale": scale, "weight_zero_point": zp}, scheme)
+    theirs = {k: theirs[k] for k in ("weight_packed", "weight_scale")}
+    same(decode("ct-mxfp4", theirs), comp.decompress(dict(theirs), scheme)["weight"])
+    ours = encode("ct-mxfp4", w)
+    assert set(ours) == {"weight_packed", "weight_scale"}
+    same(decode("ct-mxfp4", ours), comp.decompress(dict(ours), scheme)["weight"])

@@ -107,6 +107,21 @@ def test_stacking_matches_independent_per_expert_decode(tmp_path, scheme, naming
     torch.testing.assert_close(experts.w13_bias.float(), ckpt.w13_bias[0], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("naming", ["qwen_moe", "mixtral"])
+def test_per_expert_mxfp4_is_compressed_tensors_and_loads_as_mxfp4(tmp_path, naming):
+    ckpt = write_tiny_checkpoint(tmp_path / "c", scheme="mxfp4_w4a16", naming=naming, num_experts=3,
+                                 hidden_size=128, intermediate_size=64, seed=5)
+    config = json.loads((ckpt.path / "config.json").read_text())
+    assert config["quantization_config"]["format"] == "mxfp4-pack-quantized"
+    experts = wl.load_experts(ckpt.path, 0)
+    assert experts.w13.format == experts.w2.format == "mxfp4"  # the canonical MXFP4 layout for backends
+    assert (experts.weight_key, experts.activation_key) == KEYS["mxfp4_w4a16"]
+    pattern = wl.NAMINGS[naming]
+    expected = _independent_w13(_raw(ckpt.path), "ct-mxfp4", {}, layer=0, experts=3, naming=pattern)
+    torch.testing.assert_close(experts.w13.dequantize(), expected, rtol=0, atol=0)
+    assert rel(experts.w2.dequantize(), ckpt.w2[0]) <= BOUND["mxfp4_w4a16"]
+
+
 def test_gate_rows_come_first(tmp_path):
     ckpt = write_tiny_checkpoint(tmp_path / "c", scheme="unquantized", num_experts=2, hidden_size=64,
                                  intermediate_size=32)

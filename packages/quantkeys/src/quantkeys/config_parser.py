@@ -453,7 +453,9 @@ def _ct_weight_format(ct_format: str | None, key: QuantKey, *, where: str) -> tu
             return "fp8-channel", ()
         return "fp8-block", (("block_size", (shape.rows, shape.cols)),)
     if key.dtype is QuantDType.FP4_E2M1:
-        return ("nvfp4" if key.scale2 is not None else "mxfp4"), ()
+        if key.scale2 is not None:
+            return "nvfp4", ()
+        return ("ct-mxfp4" if ct_format == "mxfp4-pack-quantized" else "mxfp4"), ()
     if (ct_format in ("pack-quantized", None) and key.dtype.bits == 4) or ct_format == "pack-quantized":
         params = (("bits", key.dtype.bits), ("group_size", shape.group_size or -1), ("symmetric", key.symmetric))
         return "ct-pack-quantized", params

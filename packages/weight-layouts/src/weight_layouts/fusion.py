@@ -44,6 +44,7 @@ _RULES: Mapping[str, Mapping[str, FusionRule]] = MappingProxyType({
                           "weight_shape": FusionRule("shape"), "weight_g_idx": FusionRule("shared")},
     "mxfp8": {"weight": _ROWS0, "weight_scale": _ROWS0},
     "mxfp4": {"blocks": _ROWS0, "scales": _ROWS0},
+    "ct-mxfp4": {"weight_packed": _ROWS0, "weight_scale": _ROWS0},
 })
 
 

@@ -362,6 +362,9 @@ def load_experts(
             fmt.validate(dict(weight.tensors), rows=weight.rows, cols=weight.cols, **params)
         except ValueError as exc:
             raise CheckpointError(f"layer {layer} {what}: {exc}") from None
+    if fmt.canonical_format is not None:  # a storage alias (ct-mxfp4 -> mxfp4): re-view, no copy
+        w13, w2 = (StackedWeight(format=fmt.canonical_format, tensors=fmt.to_canonical(w.tensors), params=params,
+                                 rows=w.rows, cols=w.cols) for w in (w13, w2))
     w13_bias, w2_bias = _stack_biases(biases, bias_slots, pattern, e_count)
     a13_scale = a2_scale = None
     if quant is not None and quant.activation_key is not None and quant.activation_key.is_static:

@@ -5,7 +5,7 @@
 >>> w2 = decode("gptq", t, bits=4, group_size=128)     # float32 [..., N, K]
 
 Built-in formats (``FORMATS`` lists them): ``dense``, ``fp8-tensor``, ``fp8-channel``,
-``fp8-block``, ``int8-channel``, ``gptq``, ``ct-pack-quantized``, ``mxfp8``, ``mxfp4``. Later
+``fp8-block``, ``int8-channel``, ``gptq``, ``ct-pack-quantized``, ``mxfp8``, ``mxfp4``, ``ct-mxfp4``. Later
 packages add formats with :func:`register_format`.
 """
 
@@ -32,7 +32,7 @@ from weight_layouts.formats.fp8 import (
 )
 from weight_layouts.formats.gptq import GptqFormat, GptqParams
 from weight_layouts.formats.int8 import Int8ChannelFormat, Int8Params
-from weight_layouts.formats.mx import MxFp4Format, MxFp8Format, MxParams
+from weight_layouts.formats.mx import CtMxFp4Format, MxFp4Format, MxFp8Format, MxParams
 
 for _cls in (
     DenseFormat,
@@ -44,6 +44,7 @@ for _cls in (
     CtPackFormat,
     MxFp8Format,
     MxFp4Format,
+    CtMxFp4Format,
 ):
     if _cls.name not in FORMATS:  # importlib.reload-safe
         register_format(_cls)
@@ -52,6 +53,7 @@ del _cls
 __all__ = [
     "FORMATS",
     "CheckpointFormat",
+    "CtMxFp4Format",
     "CtPackFormat",
     "CtPackParams",
     "DecodedShape",

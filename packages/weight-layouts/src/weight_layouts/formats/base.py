@@ -105,6 +105,13 @@ class CheckpointFormat(ABC):
     optional_tensors: ClassVar[tuple[str, ...]] = ()
     Params: ClassVar[type[FormatParams]] = FormatParams
     encode_inputs: ClassVar[tuple[str, ...]] = ()
+    #: A storage alias: the format whose tensors :meth:`to_canonical` re-views these as (loaders
+    #: hand backends the canonical format only). None for a canonical format.
+    canonical_format: ClassVar[str | None] = None
+
+    def to_canonical(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Re-view validated tensors as ``canonical_format``'s (views, no copies)."""
+        raise NotImplementedError(f"{self.name} is a canonical format")
 
     # -- parameters ---------------------------------------------------------------------------
     def params(self, **params: Any) -> FormatParams:

@@ -146,3 +146,41 @@ class MxFp4Format(CheckpointFormat):
         codes = unpack_nibbles_uint8(tensors["blocks"].flatten(-2), dim=-1)  # [..., N, K]
         scale = e8m0_decode(tensors["scales"]).repeat_interleave(MX_BLOCK, dim=-1)
         return _check_finite(self.name, e2m1_decode(codes) * scale, "scales")
+
+
+class CtMxFp4Format(CheckpointFormat):
+    """``ct-mxfp4``: compressed-tensors' ``mxfp4-pack-quantized`` (llm-compressor's MXFP4A16):
+    ``weight_packed`` uint8 [..., N, K/2] and ``weight_scale`` uint8 E8M0 [..., N, K/32].
+
+    The same codes, nibble order and exponents as :class:`MxFp4Format` (``mxfp4``), stored flat per
+    row under compressed-tensors' names; :meth:`to_canonical` re-views it as ``mxfp4`` without a copy,
+    so backends see one MXFP4 layout whichever checkpoint it came from.
+    """
+
+    name = "ct-mxfp4"
+    required_tensors = ("weight_packed", "weight_scale")
+    Params = MxParams
+    canonical_format = "mxfp4"
+
+    def _encode(self, weight: torch.Tensor, p: MxParams) -> dict[str, torch.Tensor]:
+        t = MxFp4Format()._encode(weight, p)
+        return {"weight_packed": t["blocks"].flatten(-2).contiguous(), "weight_scale": t["scales"]}
+
+    def to_canonical(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        packed = tensors["weight_packed"]
+        blocks = packed.reshape(*packed.shape[:-1], packed.shape[-1] // (MX_BLOCK // 2), MX_BLOCK // 2)
+        return {"blocks": blocks, "scales": tensors["weight_scale"]}
+
+    def _validate(self, tensors: Mapping[str, torch.Tensor], p: MxParams) -> DecodedShape:
+        packed = tensors["weight_packed"]
+        check_dtype(self.name, "weight_packed", packed, (torch.uint8,), " (two E2M1 codes per byte)")
+        check_ndim(self.name, "weight_packed", packed, 2, "[..., N, K/2]")
+        check_divisible(self.name, "weight_packed last dim (K/2)", int(packed.shape[-1]), MX_BLOCK // 2,
+                        "one E8M0 scale per 32 input channels")
+        try:
+            return MxFp4Format()._validate(self.to_canonical(tensors), p)
+        except FormatError as exc:
+            raise FormatError(str(exc).replace("mxfp4: tensor 'scales'", f"{self.name}: tensor 'weight_scale'")) from None
+
+    def _decode(self, tensors: Mapping[str, torch.Tensor], p: MxParams, shape: DecodedShape) -> torch.Tensor:
+        return MxFp4Format()._decode(self.to_canonical(tensors), p, shape)
