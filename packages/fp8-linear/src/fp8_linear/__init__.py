@@ -24,7 +24,7 @@ from .errors import (
     UnknownKernelError,
 )
 from .fp8 import to_fnuz
-from .gemm import block_scaled_mm
+from .gemm import block_scaled_mm, clear_caches
 from .module import Fp8BlockLinear
 from .platform import LinearPlatform, QuantBackend, ScaledMMApi, TritonOptions, triton_options
 from .problem import GemmProblem
@@ -61,6 +61,7 @@ __all__ = [
     "TritonOptions",
     "UnknownKernelError",
     "block_scaled_mm",
+    "clear_caches",
     "explain",
     "per_token_group_quant",
     "select_kernel",

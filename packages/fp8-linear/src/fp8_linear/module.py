@@ -78,7 +78,6 @@ class Fp8BlockLinear(torch.nn.Module):
         self.register_buffer("weight", w)
         self.register_buffer("weight_scale_inv", s)
         self.register_buffer("bias", None if bias is None else bias.detach().contiguous())
-        self._padded: tuple[int, torch.Tensor] | None = None
 
     @classmethod
     def from_checkpoint(cls, tensors: Mapping[str, torch.Tensor], *, prefix: str = "",
@@ -105,14 +104,6 @@ class Fp8BlockLinear(torch.nn.Module):
                               out_dtype=out_dtype, has_bias=self.bias is not None)
         return select_kernel(problem, platform=self._platform(), force=self.kernel)
 
-    def _padded_scale(self) -> torch.Tensor:
-        key = self.weight_scale_inv.data_ptr()
-        if self._padded is None or self._padded[0] != key:
-            from .kernels.cublas import padded_weight_scale
-
-            self._padded = (key, padded_weight_scale(self.weight_scale_inv))
-        return self._padded[1]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.dtype not in FLOAT_INPUTS:
             got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
@@ -130,5 +121,4 @@ class Fp8BlockLinear(torch.nn.Module):
                              dtype=self.weight.dtype, backend=default_quant_backend(platform), platform=platform)
         ops = GemmOperands(a=x_q, a_s=x_s, w=self.weight, w_s=self.weight_scale_inv, bias=self.bias,
                            out_shape=(*lead, self.out_features))
-        padded = self._padded_scale() if choice.kernel == "cublas" and platform.scaled_mm.value == "v2" else None
-        return run_choice(choice, ops, w_s_padded=padded).reshape(ops.out_shape)
+        return run_choice(choice, ops).reshape(ops.out_shape)

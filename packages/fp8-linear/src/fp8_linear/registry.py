@@ -2,9 +2,11 @@
 
 Each platform has an ordered list of kernels (:data:`KERNEL_ORDER`); each kernel answers
 ``is_supported(platform, problem) -> (ok, rejection)``. Selection walks the list and takes the
-first kernel that accepts; a kernel that accepts but was measured slower than the next one for
-this shape on this device (tuned timings, see :mod:`fp8_linear.tuned`) is passed over with reason
-``slower here``. Precedence: ``force=`` argument > ``FP8_LINEAR_KERNEL`` > automatic; a forced
+first kernel that accepts. Where both cuBLAS and Triton accept, :mod:`fp8_linear.dispatch` says
+which one is faster for this shape and M on this device (the measured dispatch table, else the
+tuned timings, else a heuristic); cuBLAS is passed over with reason ``slower here`` when Triton is,
+and the choice records why it won either way.
+Precedence: ``force=`` argument > ``FP8_LINEAR_KERNEL`` > automatic; a forced
 kernel that cannot serve the problem raises with its reason (no silent fallback).
 
 * cuda: ``cublas`` (torch blockwise cuBLASLt; SM90, 1x128 x 128x128 only), ``triton``, ``reference``
@@ -28,11 +30,12 @@ import torch
 from quantkeys import PlatformKind
 
 from ._generated_variants import Granularity
+from .dispatch import prefer
 from .errors import ForcedKernelError, NoKernelError, Rejection, RejectReason, UnknownKernelError
 from .fp8 import E4M3FN
 from .platform import LinearPlatform, ScaledMMApi, triton_options
 from .problem import GemmProblem
-from .tuned import GemmConfig, choose_config, tuned_timings
+from .tuned import GemmConfig, choose_config
 from .validation import GemmOperands
 
 log = logging.getLogger("fp8_linear")
@@ -165,6 +168,7 @@ class KernelChoice:
     forced_by: str | None = None
     config: GemmConfig | None = None
     config_source: str | None = None
+    why: str | None = None  # why this kernel beat the other one that could serve (measured or heuristic)
 
     @property
     def implementation(self) -> GemmKernel:
@@ -177,7 +181,10 @@ class KernelChoice:
             c = self.config
             head += (f", tiles {c.block_m}x{c.block_n}x{c.block_k} split_k {c.split_k} warps {c.num_warps} "
                      f"stages {c.num_stages}{' k_unroll 2' if c.k_unroll == 2 else ''} ({self.config_source})")
-        return "\n".join([head, *(f"  rejected {r}" for r in self.rejected)])
+        lines = [head]
+        if self.why:
+            lines.append(f"  chosen: {self.why}")
+        return "\n".join([*lines, *(f"  rejected {r}" for r in self.rejected)])
 
 
 @lru_cache(maxsize=1)
@@ -185,31 +192,27 @@ def detected_platform() -> LinearPlatform:
     return LinearPlatform.detect()
 
 
-def _slower(kernel: GemmKernel, platform: LinearPlatform, problem: GemmProblem) -> Rejection | None:
-    """cuBLAS measured slower than Triton at this M on this device (tuned timings), else None."""
+def _faster_elsewhere(kernel: GemmKernel, platform: LinearPlatform, problem: GemmProblem) -> tuple[Rejection | None, str | None]:
+    """For cuBLAS where Triton can serve too: (a SLOWER rejection, None) when Triton is preferred
+    here (see :mod:`fp8_linear.dispatch`), else (None, why cuBLAS is). (None, None) otherwise."""
     if kernel.name != "cublas" or problem.block_size is None or not KERNELS["triton"].is_supported(platform, problem)[0]:
-        return None
-    found = tuned_timings(problem.variant.name, m=problem.m, n=problem.n, k=problem.k,
-                          block_size=problem.block_size, device_name=platform.device_name)
-    if found is None:
-        return None
-    m_key, times = found
-    if "triton" in times and "cublas" in times and times["triton"] < times["cublas"]:
-        return Rejection(kernel=kernel.name, reason=RejectReason.SLOWER,
-                         detail=f"tuned on {platform.device_name} at M={m_key}: triton {times['triton']:.1f} us < "
-                                f"cublas {times['cublas']:.1f} us")
-    return None
+        return None, None
+    winner, why = prefer(problem.variant.name, m=problem.m, n=problem.n, k=problem.k, block_size=problem.block_size,
+                         device_name=platform.device_name)
+    if winner == "triton":
+        return Rejection(kernel=kernel.name, reason=RejectReason.SLOWER, detail=why), None
+    return None, why
 
 
 def _with_config(name: str, platform: LinearPlatform, problem: GemmProblem, rejected: tuple[Rejection, ...],
-                 forced_by: str | None) -> KernelChoice:
+                 forced_by: str | None, why: str | None = None) -> KernelChoice:
     config, source = None, None
     if name == "triton":
         config, source = choose_config(problem.variant, m=problem.m, n=problem.n, k=problem.k,
                                        block_size=problem.block_size or (1, problem.k), group_k=problem.group_k,
                                        device_name=platform.device_name, num_sms=platform.num_sms or 132)
     return KernelChoice(kernel=name, platform=platform, problem=problem, rejected=rejected, forced_by=forced_by,
-                        config=config, config_source=source)
+                        config=config, config_source=source, why=why)
 
 
 def select_kernel(problem: GemmProblem, *, platform: LinearPlatform | None = None,
@@ -249,11 +252,13 @@ def _select(problem: GemmProblem, platform: LinearPlatform, requested: str | Non
             assert rejection is not None
             trail.append(rejection)
             continue
-        slower = _slower(kernel, platform, problem)
+        slower, why = _faster_elsewhere(kernel, platform, problem)
         if slower is not None:
             trail.append(slower)
             continue
-        choice = _with_config(name, platform, problem, tuple(trail), None)
+        if why is None and trail and trail[-1].reason is RejectReason.SLOWER:
+            why = f"cublas is slower here ({trail[-1].detail})"
+        choice = _with_config(name, platform, problem, tuple(trail), None, why)
         log.debug("%s", choice.explain())
         return choice
     raise NoKernelError(f"no kernel serves {problem} on {platform}; every candidate and its reason:", tuple(trail))

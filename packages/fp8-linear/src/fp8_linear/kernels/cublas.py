@@ -2,18 +2,21 @@
 
 torch 2.11 facts this path is built on (see the package README):
 
-* cuBLASLt wants M a multiple of 4: M is padded (rows of A and of its scales) and the result
-  sliced back.
+* cuBLASLt wants M a multiple of 4: M is padded (rows of A and of its scales, one ``torch.cat``
+  each, from cached zero / one blocks) and the result sliced back.
 * activation scales must be column-major ``[M, K/128]`` with strides ``(1, M)``.
 * the v1 ``torch._scaled_mm`` silently returns wrong results when ``ceil(K/128) % 4 != 0``; the v2
   ``torch.nn.functional.scaled_mm`` validates the layout and takes the weight scales padded to
   ``[round_up(K/128, 4), ceil(N/128)]`` with strides ``(1, round_up(K/128, 4))``. This module
-  uses v2 when present and v1 only when ``K/128`` is a multiple of 4; the registry refuses the
-  rest with the reason.
+  calls v1 where it is exact (``K/128 % 4 == 0``: the call vLLM makes, and the benchmark's peer)
+  and v2 elsewhere, with the padded weight scales cached per weight-scale tensor; the registry
+  refuses the rest (v1-only torch) with the reason.
 * the bias is added afterwards in float32 (blockwise cuBLAS bias support is not relied on).
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 
@@ -39,14 +42,57 @@ def padded_weight_scale(w_s: torch.Tensor) -> torch.Tensor:
     return buf.t()
 
 
-def _column_major_scales(a_s: torch.Tensor, rows: int) -> torch.Tensor:
-    """[M, K/128] activation scales -> [rows, K/128] with strides (1, rows) (pad rows hold 1.0)."""
+_PADDED: dict[int, tuple[weakref.ref, int, int, torch.Tensor]] = {}
+
+
+def cached_padded_weight_scale(w_s: torch.Tensor) -> torch.Tensor:
+    """:func:`padded_weight_scale`, computed once per weight-scale tensor (recomputed when the
+    tensor is modified in place or its storage changes; forgotten when it is freed)."""
+    key = id(w_s)
+    hit = _PADDED.get(key)
+    if hit is not None and hit[0]() is w_s and hit[1] == w_s._version and hit[2] == w_s.data_ptr():
+        return hit[3]
+    padded = padded_weight_scale(w_s)
+    try:
+        ref = weakref.ref(w_s, lambda _ref, key=key: _PADDED.pop(key, None))
+    except TypeError:  # pragma: no cover - tensors support weak references
+        return padded
+    _PADDED[key] = (ref, w_s._version, w_s.data_ptr(), padded)
+    return padded
+
+
+_FILL: dict[tuple[torch.device, torch.dtype, int, int, float], torch.Tensor] = {}
+
+
+def _fill_block(device: torch.device, dtype: torch.dtype, rows: int, width: int, value: float) -> torch.Tensor:
+    """A cached [rows, width] block of ``value`` (the padding the cuBLAS path concatenates)."""
+    key = (device, dtype, rows, width, value)
+    block = _FILL.get(key)
+    if block is None:
+        block = _FILL[key] = torch.full((rows, width), value, dtype=dtype, device=device)
+    return block
+
+
+def pad_rows(a: torch.Tensor, rows: int) -> torch.Tensor:
+    """FP8 ``a`` [M, K] -> [rows, K] with zero rows appended (one concatenation)."""
+    m, k = a.shape
+    if rows == m:
+        return a
+    raw = a.view(torch.uint8)
+    pad = _fill_block(a.device, torch.uint8, 3, k, 0.0)[: rows - m]
+    return torch.cat((raw, pad)).view(a.dtype)
+
+
+def column_major_scales(a_s: torch.Tensor, rows: int) -> torch.Tensor:
+    """[M, K/128] activation scales -> [rows, K/128] with strides (1, rows) (pad rows hold 1.0);
+    as is when already so, else one copy."""
     m, kb = a_s.shape
-    if rows == m and (a_s.stride(0) == 1 and (a_s.stride(1) == m or kb == 1)):
-        return a_s
-    buf = torch.ones((kb, rows), dtype=torch.float32, device=a_s.device)
-    buf[:, :m] = a_s.t()
-    return buf.t()
+    if rows == m:
+        if a_s.stride(0) == 1 and (a_s.stride(1) == m or kb == 1):
+            return a_s
+        return a_s.t().contiguous().t()
+    ones = _fill_block(a_s.device, torch.float32, kb, 3, 1.0)[:, : rows - m]
+    return torch.cat((a_s.t(), ones), dim=1).t()
 
 
 def cublas_gemm(ops: GemmOperands, problem: GemmProblem, *, api: ScaledMMApi,
@@ -56,23 +102,23 @@ def cublas_gemm(ops: GemmOperands, problem: GemmProblem, *, api: ScaledMMApi,
     if m == 0:
         return torch.empty((0, n), dtype=problem.out_dtype, device=ops.a.device)
     rows = -(-m // 4) * 4
-    a = ops.a
-    if rows != m:
-        a = torch.zeros((rows, k), dtype=a.dtype, device=a.device)
-        a[:m] = ops.a
+    a = pad_rows(ops.a, rows)
     a_s = ops.a_s
     if is_e8m0(a_s.dtype):
         a_s = e8m0_to_float32(a_s)
-    a_s = _column_major_scales(a_s, rows)
-    if api is ScaledMMApi.V2:
+    a_s = column_major_scales(a_s, rows)
+    kb = -(-k // BLOCK)
+    if api is ScaledMMApi.V2 and kb % 4:
         functional = torch.nn.functional
-        scale_b = w_s_padded if w_s_padded is not None else padded_weight_scale(ops.w_s)
+        scale_b = w_s_padded if w_s_padded is not None else cached_padded_weight_scale(ops.w_s)
         out = functional.scaled_mm(
             a, ops.w.t(), a_s, functional.ScalingType.BlockWise1x128, scale_b,
             functional.ScalingType.BlockWise128x128, output_dtype=problem.out_dtype,
         )
-    else:
-        w_s = e8m0_to_float32(ops.w_s) if is_e8m0(ops.w_s.dtype) else ops.w_s.contiguous()
+    else:  # v1: exact here (K/128 % 4 == 0; the registry refuses the rest on v1-only torch)
+        w_s = e8m0_to_float32(ops.w_s) if is_e8m0(ops.w_s.dtype) else ops.w_s
+        if not w_s.is_contiguous():
+            w_s = w_s.contiguous()
         out = torch._scaled_mm(a, ops.w.t(), scale_a=a_s, scale_b=w_s.t(), out_dtype=problem.out_dtype)
     if rows != m:
         out = out[:m]
