@@ -129,6 +129,17 @@ def bench_model(name: str, dims: dict, schemes: list[str], ms: list[int], bw: fl
             fn()
             torch.cuda.synchronize()
             ms_ours = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+            if m <= 32:  # decode as engines run it: the whole call replayed from a CUDA graph
+                try:
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph):
+                        fn()
+                    row_graph_ms = triton.testing.do_bench(graph.replay, warmup=25, rep=100, return_mode="median")
+                except Exception as exc:  # noqa: BLE001
+                    row_graph_ms = None
+                    print(f"  graph capture failed: {type(exc).__name__}: {str(exc)[:100]}", flush=True)
+            else:
+                row_graph_ms = None
             hit = int(torch.unique(ids).numel())
             bytes_hit = hit * per_expert
             floor_ms = bytes_hit / bw * 1e3
@@ -137,6 +148,9 @@ def bench_model(name: str, dims: dict, schemes: list[str], ms: list[int], bw: fl
                        weight_gbps=bytes_hit / (ms_ours * 1e-3) / 1e9, floor_us=floor_ms * 1e3,
                        over_floor=ms_ours / floor_ms, experts_hit=hit, build_s=build_s,
                        tuned=[bool(t) for _, t in kernel.experts.last_configs])
+            if row_graph_ms is not None:
+                row["graph_us"] = row_graph_ms * 1e3
+                row["graph_over_floor"] = row_graph_ms / floor_ms
             a, offs = peer_inputs(x, ids, e)
             if scheme == "bf16":
                 def peer():
@@ -172,7 +186,9 @@ def bench_model(name: str, dims: dict, schemes: list[str], ms: list[int], bw: fl
             print(f"{name:8} {scheme:10} M={m:5d} {row['us']:9.1f} us {row['tflops']:7.1f} TF "
                   f"{row['weight_gbps']:7.0f} GB/s floor {row['floor_us']:8.1f} us x{row['over_floor']:5.2f} | "
                   f"{row['peer']}: {row.get('peer_us', float('nan')):9.1f} us ratio {row.get('peer_over_ours', float('nan')):5.2f}"
-                  f"{' ' + row['peer_error'] if 'peer_error' in row else ''}", flush=True)
+                  f"{' ' + row['peer_error'] if 'peer_error' in row else ''}"
+                  f"{' | graph %.1f us x%.2f' % (row['graph_us'], row['graph_over_floor']) if 'graph_us' in row else ''}"
+                  f" | tuned {row['tuned']}", flush=True)
         kernel = None  # free the experts before the next scheme
         torch.cuda.empty_cache()
     return rows

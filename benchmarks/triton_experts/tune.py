@@ -1,10 +1,14 @@
 """Tune the fused-MoE kernel launch configs on this GPU and write them where the kernels look.
 
-For one model shape and scheme, time each candidate config of each GEMM (GEMM1: N = 2I, K = H;
-GEMM2: N = H, K = I) at each token count M on random routing, keep the fastest, and write
+For each model shape and scheme, time each candidate config of each GEMM (GEMM1: N = 2I, K = H;
+GEMM2: N = H, K = I, with the top-k weight in its epilogue as the experts run it) at each token
+count M on random routing, keep the fastest, and write
 ``configs/E<E>_N<N>_K<K>_<variant>_<device>.json`` into the triton_experts package (or --out).
+Candidates depend on the rows each expert sees (M * top_k / E): small tiles with deep pipelines
+for decode, large tiles for prefill. ``--jobs`` compiles the candidates in parallel processes first
+(the kernels do not specialize on the token count, so the compiled cache serves every M).
 
-    python benchmarks/triton_experts/tune.py --model qwen3 --scheme fp8_block --m 1,32,512,2048
+    python benchmarks/triton_experts/tune.py --models qwen3,deepseek --schemes fp8_block --m 1,32,2048
 """
 
 from __future__ import annotations
@@ -12,86 +16,159 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import MODELS, make_weights, routing
+from run import MODELS, make_weights, routing  # noqa: E402
 
-from moe_oracle import MoEConfig, Platform, make_kernel
-from triton_experts.align import align_by_expert
-from triton_experts.kernels._generated_moe import VARIANTS
-from triton_experts.kernels.launch import grouped_gemm
-from triton_experts.tuning import CONFIG_DIR, LaunchConfig, file_name
+from triton_experts.tuning import CONFIG_DIR, LaunchConfig, file_name  # noqa: E402
+
+BYTES = {"bf16": 2, "fp8_block": 1, "int4_w4a16": 2}  # bytes per element of the tiles in shared memory
+SMEM = 200 * 1024
 
 
-def candidates(k_granule: int, group: int) -> list[LaunchConfig]:
+def candidates(scheme: str, rows_per_expert: int, k_granule: int, group: int) -> list[LaunchConfig]:
+    if rows_per_expert <= 16:  # decode: one BLOCK_M block per expert, memory bound
+        space = itertools.product((16,), (32, 64, 128), (64, 128, 256), (4,), (2, 3, 4, 5))
+    elif rows_per_expert <= 96:
+        space = itertools.product((32, 64), (64, 128), (64, 128), (4,), (3, 4))
+    else:
+        space = itertools.product((64, 128), (128, 256), (64, 128), (4, 8), (3, 4))
     out = []
-    for bm, bn, bk, warps, stages in itertools.product((16, 32, 64, 128), (64, 128), (32, 64, 128), (4, 8), (3, 4)):
-        if (k_granule and k_granule % bk) or group % bk or (bm == 128 and warps == 4) or (bm <= 32 and warps == 8):
+    for bm, bn, bk, warps, stages in space:
+        if (k_granule and k_granule % bk) or group % bk:
+            continue
+        if stages * (bm * bk + bk * bn) * BYTES[scheme] > SMEM:
+            continue
+        if bm == 128 and bn == 256 and warps == 4:
             continue
         out.append(LaunchConfig(bm, bn, bk, 1 if bm <= 16 else 8, warps, stages))
     return out
 
 
-def main() -> None:
+def _setup(model: str, scheme: str, e: int | None = None):
+    from moe_oracle import MoEConfig, Platform, make_kernel
+
+    d = MODELS[model]
+    e = e or d["e"]
+    config = MoEConfig(num_experts=e, top_k=d["k"], hidden_size=d["h"], intermediate_size=d["i"],
+                       in_dtype=torch.bfloat16)
+    kernel = make_kernel(weights=make_weights(scheme, e, d["h"], d["i"]), config=config,
+                         platform=Platform.detect(), force="triton")
+    ex = kernel.experts
+    gemms = {"w13": (2 * d["i"], d["h"], ex.w13, ex.group13), "w2": (d["h"], d["i"], ex.w2, ex.group2)}
+    return ex, gemms
+
+
+def _operands(scheme: str, rows: int, kk: int):
+    a = torch.randn(rows, kk, device="cuda", dtype=torch.bfloat16)
+    if scheme == "fp8_block":
+        return a.to(torch.float8_e4m3fn), torch.rand(rows, kk // 128, device="cuda") * 0.01 + 0.001
+    return a, None
+
+
+def _time(ex, name, gemm, scheme, ids, k, cfg, rep):
     import triton.testing
 
+    from triton_experts.align import align_by_expert_triton
+    from triton_experts.kernels.launch import plan_gemm, run_gemm
+
+    n, kk, w, group = gemm
+    m = ids.shape[0]
+    a, a_scale = _operands(scheme, m if name == "w13" else m * k, kk)
+    e = w["weight"].shape[0]
+    al = align_by_expert_triton(ids, num_local_experts=e, num_experts=e, block_m=cfg.BLOCK_M)
+    out = torch.empty(m * k, n, device="cuda", dtype=torch.float32)
+    tw = torch.rand(m * k, device="cuda") if name == "w2" else None
+    plan = plan_gemm(variant=ex.variant_name, weight=w["weight"], scale=w.get("scale"), zero=w.get("zero"),
+                     bias=None, top_k=k if name == "w13" else 1, n=n, k=kk, group_k=group, config=cfg)
+
+    def fn():
+        run_gemm(plan, a=a, a_scale=a_scale, out=out, topk_weights=tw, alignment=al)
+    fn()
+    if rep == 0:
+        torch.cuda.synchronize()
+        return 0.0
+    return triton.testing.do_bench(fn, warmup=5, rep=rep, return_mode="median")
+
+
+def _compile_worker(model: str, scheme: str, work: list[tuple[str, LaunchConfig]]) -> int:
+    """Compile (and run once on top_k experts) each (gemm, config): fills Triton's on-disk cache."""
+    k = MODELS[model]["k"]
+    ex, gemms = _setup(model, scheme, e=k)  # as few experts as the top-k allows: same compiled kernels
+    ok = 0
+    for name, cfg in work:
+        ids = torch.stack([torch.randperm(k, device="cuda")[:k] for _ in range(16)]).to(torch.int32)
+        try:
+            _time(ex, name, gemms[name], scheme, ids, k, cfg, rep=0)
+            ok += 1
+        except Exception:  # noqa: BLE001  (a config the compiler rejects is skipped later too)
+            pass
+    return ok
+
+
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, choices=sorted(MODELS))
-    ap.add_argument("--scheme", required=True, choices=["bf16", "fp8_block", "int4_w4a16"])
+    ap.add_argument("--models", required=True)
+    ap.add_argument("--schemes", required=True)
     ap.add_argument("--m", default="1,8,32,128,512,2048,8192")
     ap.add_argument("--out", type=Path, default=CONFIG_DIR)
+    ap.add_argument("--rep", type=int, default=25, help="do_bench repetition time per candidate, ms")
+    ap.add_argument("--jobs", type=int, default=0, help="parallel compile processes (0: none)")
     args = ap.parse_args()
-    d = MODELS[args.model]
-    e, k, h, i = d["e"], d["k"], d["h"], d["i"]
-    config = MoEConfig(num_experts=e, top_k=k, hidden_size=h, intermediate_size=i, in_dtype=torch.bfloat16)
-    kernel = make_kernel(weights=make_weights(args.scheme, e, h, i), config=config, platform=Platform.detect(),
-                         force="triton")
-    ex = kernel.experts
-    variant = ex.variant_name
-    meta = VARIANTS[variant]
-    device = torch.cuda.get_device_name()
-    gemms = {"w13": (2 * i, h, ex.w13, ex.group13), "w2": (h, i, ex.w2, ex.group2)}
-    tables: dict[str, dict[str, dict]] = {"w13": {}, "w2": {}}
-    for m in (int(x) for x in args.m.split(",")):
-        _, ids = routing(m, e, k, seed=m)
-        for name, (n, kk, w, group) in gemms.items():
-            a_rows = m if name == "w13" else m * k
-            a_dim = kk
-            a = torch.randn(a_rows, a_dim, device="cuda", dtype=torch.bfloat16)
-            a_scale = None
-            if meta["a"] == "fp8_group":
-                a_scale = torch.rand(a_rows, a_dim // 128, device="cuda") * 0.01 + 0.001
-                a = a.to(torch.float8_e4m3fn)
-            best = None
-            for cfg in candidates(meta["k_granule"], group):
-                al = align_by_expert(ids, num_local_experts=e, block_m=cfg.BLOCK_M)
-                out = torch.zeros(m * k, n, device="cuda", dtype=torch.float32)
-                top_k = k if name == "w13" else 1
+    from triton_experts.kernels._generated_moe import VARIANTS
 
-                def fn():
-                    grouped_gemm(variant=variant, a=a, a_scale=a_scale, weight=w["weight"], scale=w.get("scale"),
-                                 zero=w.get("zero"), bias=None, out=out, topk_weights=None, alignment=al,
-                                 top_k=top_k, n=n, k=kk, group_k=group, config=cfg)
-                try:
-                    fn()
-                    ms = triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")
-                except Exception as exc:  # a config the compiler rejects (shared memory) is skipped
-                    print(f"  skip {cfg}: {type(exc).__name__}", flush=True)
-                    continue
-                if best is None or ms < best[0]:
-                    best = (ms, cfg)
-            assert best is not None
-            tables[name][str(m)] = best[1].as_dict()
-            print(f"{args.model} {args.scheme} {name} M={m}: {best[0] * 1e3:.1f} us with {best[1]}", flush=True)
+    ms = [int(x) for x in args.m.split(",")]
+    device = torch.cuda.get_device_name()
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, (n, kk, _, _) in gemms.items():
-        path = args.out / file_name(e=e, n=n, k=kk, variant=variant, device=device)
-        path.write_text(json.dumps(tables[name], indent=1, sort_keys=True))
-        print(f"wrote {path}")
+    t_start = time.time()
+    for model in args.models.split(","):
+        d = MODELS[model]
+        e, k = d["e"], d["k"]
+        for scheme in args.schemes.split(","):
+            ex, gemms = _setup(model, scheme)
+            meta = VARIANTS[ex.variant_name]
+            plan = {(m, name): candidates(scheme, max(1, m * k // e), meta["k_granule"], gemms[name][3])
+                    for m in ms for name in gemms}
+            if args.jobs:
+                todo = sorted({(name, c) for (_, name), cs in plan.items() for c in cs}, key=str)
+                chunks = [todo[j::args.jobs] for j in range(args.jobs)]
+                t0 = time.time()
+                with ProcessPoolExecutor(args.jobs, mp_context=torch.multiprocessing.get_context("spawn")) as pool:
+                    done = sum(pool.map(_compile_worker, [model] * len(chunks), [scheme] * len(chunks), chunks))
+                print(f"{model} {scheme}: compiled {done}/{len(todo)} in {time.time() - t0:.0f} s", flush=True)
+            tables: dict[str, dict[str, dict]] = {"w13": {}, "w2": {}}
+            for m in ms:
+                _, ids = routing(m, e, k, seed=m)
+                for name, gemm in gemms.items():
+                    best = None
+                    for cfg in plan[(m, name)]:
+                        try:
+                            ms_ = _time(ex, name, gemm, scheme, ids, k, cfg, args.rep)
+                        except Exception as exc:  # noqa: BLE001  (shared memory and the like)
+                            print(f"  skip {cfg}: {type(exc).__name__}", flush=True)
+                            continue
+                        if best is None or ms_ < best[0]:
+                            best = (ms_, cfg)
+                    assert best is not None
+                    tables[name][str(m)] = best[1].as_dict()
+                    print(f"{model} {scheme} {name} M={m}: {best[0] * 1e3:.1f} us with {best[1]} "
+                          f"({len(plan[(m, name)])} candidates, {time.time() - t_start:.0f} s)", flush=True)
+            for name, (n, kk, _, _) in gemms.items():
+                path = args.out / file_name(e=e, n=n, k=kk, variant=ex.variant_name, device=device)
+                old = json.loads(path.read_text()) if path.is_file() else {}
+                path.write_text(json.dumps({**old, **tables[name]}, indent=1, sort_keys=True))
+                print(f"wrote {path}", flush=True)
+            del ex, gemms
+            torch.cuda.empty_cache()
+    if os.environ.get("OUT"):
+        print(f"tuning took {time.time() - t_start:.0f} s")
 
 
 if __name__ == "__main__":

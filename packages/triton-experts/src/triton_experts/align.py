@@ -1,4 +1,5 @@
-"""Group (token, slot) rows by expert for the grouped GEMM (pure torch, no host synchronization).
+"""Group (token, slot) rows by expert for the grouped GEMM (no host synchronization): torch
+(:func:`align_by_expert`) and two Triton launches (:func:`align_by_expert_triton`, what the experts use).
 
 ``align_by_expert(topk_ids, num_local_experts=, block_m=, expert_map=)`` flattens ``topk_ids``
 ``[M, k]`` into ``M * k`` slot rows, maps global ids to local ones (``expert_map``: -1 = not on
@@ -51,8 +52,7 @@ def align_by_expert(topk_ids: torch.Tensor, *, num_local_experts: int, block_m: 
     run_start = torch.cumsum(counts, 0) - counts
     # upper bound of the padded length: every expert adds at most block_m - 1 rows, and no row can
     # take more than a whole block of its own
-    cap = min(num_valid + e * (block_m - 1), num_valid * block_m)
-    cap = max(block_m, (cap + block_m - 1) // block_m * block_m)
+    cap = padded_capacity(num_valid, e, block_m)
     sk = sorted_key.clamp(max=e - 1)
     dest = starts[sk] + torch.arange(num_valid, device=device) - run_start[sk]
     dest = torch.where(sorted_key < e, dest, torch.full_like(dest, cap))  # not-local rows go to a trash slot
@@ -65,3 +65,48 @@ def align_by_expert(topk_ids: torch.Tensor, *, num_local_experts: int, block_m: 
                      num_post_padded=ends[-1:].to(torch.int32) if e else torch.zeros(1, dtype=torch.int32,
                                                                                    device=device),
                      num_valid=num_valid, block_m=block_m)
+
+
+def padded_capacity(num_valid: int, num_local_experts: int, block_m: int) -> int:
+    """The host-known upper bound of the padded length (a multiple of block_m, at least one block)."""
+    cap = min(num_valid + num_local_experts * (block_m - 1), num_valid * block_m)
+    return max(block_m, (cap + block_m - 1) // block_m * block_m)
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+def align_by_expert_triton(topk_ids: torch.Tensor, *, num_local_experts: int, num_experts: int, block_m: int,
+                           expert_map: torch.Tensor | None = None) -> Alignment:
+    """:func:`align_by_expert` in two Triton launches (one buffer, no host synchronization).
+
+    Also drops ids ``>= num_experts`` (global). Inside an expert's run the rows come in arbitrary
+    order (atomics); the set of rows per block-run is the same as the torch version's.
+    """
+    from .kernels.fused import align_count, align_scatter
+
+    flat = topk_ids.reshape(-1)
+    num_valid = flat.numel()
+    e = num_local_experts
+    cap = padded_capacity(num_valid, e, block_m)
+    num_blocks = cap // block_m
+    nb = _next_pow2(e + 1)
+    buf = torch.empty(cap + num_blocks + 1 + nb, dtype=torch.int32, device=flat.device)
+    sorted_ids = buf[:cap]
+    expert_ids = buf[cap:cap + num_blocks]
+    num_post_padded = buf[cap + num_blocks:cap + num_blocks + 1]
+    cursor = buf[cap + num_blocks + 1:]
+    emap = expert_map if expert_map is not None else cursor
+    align_count[(1,)](flat, emap, sorted_ids, expert_ids, num_post_padded, cursor, num_valid, cap, num_blocks,
+                      num_experts, e, HAS_MAP=expert_map is not None, BLOCK_M=block_m, NB=nb, BLOCK=1024,
+                      BLOCK_B=max(1, min(64, 16384 // nb)), num_warps=8)
+    if num_valid:
+        align_scatter[(triton_cdiv(num_valid, 1024),)](flat, emap, sorted_ids, cursor, num_valid, num_experts, e,
+                                                       HAS_MAP=expert_map is not None, BLOCK=1024, num_warps=4)
+    return Alignment(sorted_ids=sorted_ids, expert_ids=expert_ids, num_post_padded=num_post_padded,
+                     num_valid=num_valid, block_m=block_m)
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b

@@ -1,23 +1,28 @@
 """TritonExperts: fused-MoE Triton kernels behind the moe-oracle experts contract.
 
-Flow per forward: quantize the input per the scheme's activation key (torch), group the
-(token, slot) rows by local expert (:mod:`triton_experts.align`), GEMM1 (+bias) into
-``[M * k, 2I]``, the activation, quantize its output per the activation key, GEMM2 (+bias) with
-the top-k weight folded into its epilogue into ``[M * k, H]``, and a sum over the k slots.
-Slots of other ranks' experts and padding slots (negative ids) are never computed and add zero.
+Flow per forward (6-7 launches, no host synchronization, per-M decisions cached): group the
+(token, slot) rows by local expert (:func:`triton_experts.align.align_by_expert_triton`, 2
+launches), quantize the input per the scheme's activation key (fused kernel; torch for keys it
+does not serve), GEMM1 (+bias) into float32 ``[M * k, 2I]``, the activation fused with the
+quantization of its output, GEMM2 (+bias) with the top-k weight folded into its epilogue into
+``[M * k, H]``, and a sum over the k slots into the output dtype. Slots of other ranks' experts,
+padding slots (negative ids) and, on a GPU, ids past the expert count are never computed and add zero.
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 from moe_oracle import Activation, Capabilities, Experts, MoEConfig, Platform, RejectReason, apply_activation
 from moe_oracle.reference.activation_quant import quantize_activation
-from quantkeys import SCHEMES, PlatformKind, QuantDType, QuantKey
+from quantkeys import SCHEMES, Granularity, PlatformKind, QuantDType, QuantKey
 
-from .align import Alignment, align_by_expert
+from .align import align_by_expert_triton
+from .kernels.launch import GemmPlan
 from .layout import LAYOUT
 from .tuning import LaunchConfig, get_config
 
@@ -103,12 +108,20 @@ class TritonExperts(Experts):
         if self.variant_name == "bf16":
             self.w13["weight"] = self.w13["weight"].to(dtype)
             self.w2["weight"] = self.w2["weight"].to(dtype)
+        for table in (self.w13, self.w2):
+            if "zero" in table:  # group scales / zero points N-contiguous ([E, G, N] storage, [E, N, G] view):
+                for name in ("scale", "zero"):  # the kernels read one group of BLOCK_N rows per tile
+                    table[name] = table[name].transpose(1, 2).contiguous().transpose(1, 2)
         self.group13 = self._group(w.w13)
         self.group2 = self._group(w.w2)
         self.b13 = None if w.w13_bias is None else w.w13_bias.to(torch.float32)
         self.b2 = None if w.w2_bias is None else w.w2_bias.to(torch.float32)
         self._device = None
         self.last_configs: tuple[tuple[LaunchConfig, bool], ...] = ()
+        self._plans: dict[tuple[int, torch.device], _CallPlan] = {}
+        self._act_code = _ACT_CODES.get(cfg.activation)
+        self._q13 = _fused_quant(self.quant.a13.key, self.quant.a13.scale)
+        self._q2 = _fused_quant(self.quant.a2.key, self.quant.a2.scale)
 
     @staticmethod
     def _group(w) -> int:
@@ -126,8 +139,59 @@ class TritonExperts(Experts):
         if self.b2 is not None:
             self.b2 = self.b2.to(device)
         if self.expert_map is not None:
-            self.expert_map = self.expert_map.to(device)
+            self.expert_map = self.expert_map.to(device=device, dtype=torch.int32)
         self._device = device
+        self._plans.clear()
+
+    def validate_inputs(self, *, hidden_states: torch.Tensor, topk_weights: torch.Tensor,
+                        topk_ids: torch.Tensor) -> None:
+        """The base checks without the host synchronization of the expert-id range check on a GPU:
+        there, ids ``>= num_experts`` are dropped by the kernels (they add 0) instead of raising."""
+        cfg = self.config
+        if hidden_states.dim() != 2 or hidden_states.shape[1] != cfg.hidden_size:
+            raise ValueError(f"hidden_states must be [M, {cfg.hidden_size}], got {list(hidden_states.shape)}")
+        if hidden_states.dtype != cfg.in_dtype:
+            raise ValueError(f"hidden_states dtype {hidden_states.dtype}, the layer was built for {cfg.in_dtype}")
+        if topk_ids.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"topk_ids must be int32 or int64, got {topk_ids.dtype} (were topk_weights and topk_ids "
+                             "swapped?)")
+        if not topk_weights.is_floating_point():
+            raise ValueError(f"topk_weights must be floating point, got {topk_weights.dtype}")
+        m = hidden_states.shape[0]
+        if topk_ids.dim() != 2 or topk_ids.shape[0] != m or topk_ids.shape[1] != cfg.top_k:
+            raise ValueError(f"topk_ids must be {[m, cfg.top_k]} (tokens x top_k), got {list(topk_ids.shape)}")
+        if topk_weights.shape != topk_ids.shape:
+            raise ValueError(f"topk_weights must be {[m, cfg.top_k]} (tokens x top_k), got {list(topk_weights.shape)}")
+        if topk_ids.device.type == "cpu" and m:
+            super().validate_inputs(hidden_states=hidden_states, topk_weights=topk_weights, topk_ids=topk_ids)
+
+    def _call_plan(self, m: int, top_k: int, device: torch.device) -> _CallPlan:
+        """Configs and frozen GEMM launches for M tokens (cached per M)."""
+        from .kernels._generated_moe import VARIANTS
+        from .kernels.launch import plan_gemm
+
+        cfg = self.config
+        h, i = cfg.hidden_size, cfg.intermediate_size
+        n1 = self.weights.w13.rows
+        meta = VARIANTS[self.variant_name]
+        device_name = _device_name(device)
+        c1, tuned1 = get_config(m=m, n=n1, k=h, variant=self.variant_name, k_granule=meta["k_granule"],
+                                num_experts=cfg.num_local_experts, top_k=top_k, device=device_name)
+        c2, tuned2 = get_config(m=m, n=h, k=i, variant=self.variant_name, k_granule=meta["k_granule"],
+                                num_experts=cfg.num_local_experts, top_k=top_k, device=device_name)
+        c1, c2 = self._fit(c1, self.group13, h), self._fit(c2, self.group2, i)
+        if c2.BLOCK_M != c1.BLOCK_M:  # one row grouping serves both GEMMs
+            c2 = LaunchConfig(c1.BLOCK_M, c2.BLOCK_N, c2.BLOCK_K, c2.GROUP_M, c2.num_warps, c2.num_stages)
+        g1 = plan_gemm(variant=self.variant_name, weight=self.w13["weight"], scale=self.w13.get("scale"),
+                       zero=self.w13.get("zero"), bias=self.b13, top_k=top_k, n=n1, k=h, group_k=self.group13,
+                       config=c1)
+        g2 = plan_gemm(variant=self.variant_name, weight=self.w2["weight"], scale=self.w2.get("scale"),
+                       zero=self.w2.get("zero"), bias=self.b2, top_k=1, n=h, k=i, group_k=self.group2, config=c2)
+        plan = _CallPlan(g1=g1, g2=g2, configs=((c1, tuned1), (c2, tuned2)))
+        if len(self._plans) > 64:
+            self._plans.clear()
+        self._plans[(m, device)] = plan
+        return plan
 
     def _quantize(self, x: torch.Tensor, key: QuantKey | None, static: torch.Tensor | None
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -138,44 +202,118 @@ class TritonExperts(Experts):
 
     def forward(self, *, hidden_states: torch.Tensor, topk_weights: torch.Tensor,
                 topk_ids: torch.Tensor) -> torch.Tensor:
-        from .kernels._generated_moe import VARIANTS
-        from .kernels.launch import grouped_gemm
+        from .kernels.fused import ACT_NONE
+        from .kernels.launch import run_gemm
 
-        self._to(hidden_states.device)
+        device = hidden_states.device
+        if self._device != device:
+            self._to(device)
         cfg = self.config
         m, k = topk_ids.shape
-        h, i = cfg.hidden_size, cfg.intermediate_size
-        n1 = self.weights.w13.rows
-        meta = VARIANTS[self.variant_name]
-        device_name = _device_name(hidden_states.device)
-        c1, tuned1 = get_config(m=m, n=n1, k=h, variant=self.variant_name, k_granule=meta["k_granule"],
-                                num_experts=cfg.num_local_experts, top_k=k, device=device_name)
-        c2, tuned2 = get_config(m=m, n=h, k=i, variant=self.variant_name, k_granule=meta["k_granule"],
-                                num_experts=cfg.num_local_experts, top_k=k, device=device_name)
-        c1, c2 = self._fit(c1, self.group13), self._fit(c2, self.group2)
-        if c2.BLOCK_M != c1.BLOCK_M:  # one row grouping serves both GEMMs
-            c2 = LaunchConfig(c1.BLOCK_M, c2.BLOCK_N, c2.BLOCK_K, c2.GROUP_M, c2.num_warps, c2.num_stages)
-        self.last_configs = ((c1, tuned1), (c2, tuned2))
-        alignment: Alignment = align_by_expert(topk_ids, num_local_experts=cfg.num_local_experts, block_m=c1.BLOCK_M,
-                                               expert_map=self.expert_map)
-        a13, a2 = self.quant.a13, self.quant.a2
-        x, x_scale = self._quantize(hidden_states, a13.key, a13.scale)
-        gemm1 = torch.zeros(m * k, n1, device=hidden_states.device, dtype=torch.float32)
-        grouped_gemm(variant=self.variant_name, a=x, a_scale=x_scale, weight=self.w13["weight"],
-                     scale=self.w13.get("scale"), zero=self.w13.get("zero"), bias=self.b13, out=gemm1,
-                     topk_weights=None, alignment=alignment, top_k=k, n=n1, k=h, group_k=self.group13, config=c1)
-        act = apply_activation(cfg.activation, gemm1)  # float32, like the reference
-        y, y_scale = self._quantize(act if a2.key is not None else act.to(hidden_states.dtype), a2.key, a2.scale)
-        gemm2 = torch.zeros(m * k, h, device=hidden_states.device, dtype=torch.float32)
-        grouped_gemm(variant=self.variant_name, a=y, a_scale=y_scale, weight=self.w2["weight"],
-                     scale=self.w2.get("scale"), zero=self.w2.get("zero"), bias=self.b2, out=gemm2,
-                     topk_weights=topk_weights.reshape(-1).to(torch.float32), alignment=alignment, top_k=1, n=h,
-                     k=i, group_k=self.group2, config=c2)
-        return gemm2.view(m, k, h).sum(dim=1).to(cfg.result_dtype)
+        plan = self._plans.get((m, device)) or self._call_plan(m, k, device)
+        self.last_configs = plan.configs
+        g1p, g2p = plan.g1, plan.g2
+        alignment = align_by_expert_triton(topk_ids, num_local_experts=cfg.num_local_experts,
+                                           num_experts=cfg.num_experts, block_m=g1p.config.BLOCK_M,
+                                           expert_map=self.expert_map)
+        # GEMM1 input
+        if self.quant.a13.key is None:
+            x, x_scale = hidden_states, None
+        elif self._q13 is not None:
+            if hidden_states.stride(1) != 1:
+                hidden_states = hidden_states.contiguous()
+            x, x_scale = _act_quant(hidden_states, ACT_NONE, self._q13, out_dtype=hidden_states.dtype)
+        else:
+            x, x_scale = self._quantize(hidden_states, self.quant.a13.key, self.quant.a13.scale)
+        # GEMM1; rows outside the alignment stay unwritten, and only row-local steps read them
+        # (a per-tensor activation quant, done by torch, needs them zero)
+        per_tensor_a2 = self._q2 is None and self.quant.a2.key is not None
+        alloc = torch.zeros if per_tensor_a2 or _INTERPRETED else torch.empty  # (no overflow warnings on the CPU)
+        gemm1 = alloc(m * k, g1p.n, device=device, dtype=torch.float32)
+        run_gemm(g1p, a=x, a_scale=x_scale, out=gemm1, topk_weights=None, alignment=alignment)
+        # activation + GEMM2 input
+        if self._q2 is not None and self._act_code is not None:
+            y, y_scale = _act_quant(gemm1, self._act_code, self._q2, out_dtype=hidden_states.dtype)
+        else:
+            act = apply_activation(cfg.activation, gemm1)  # float32, like the reference
+            y, y_scale = self._quantize(act if self.quant.a2.key is not None else act.to(hidden_states.dtype),
+                                        self.quant.a2.key, self.quant.a2.scale)
+        gemm2 = torch.empty(m * k, g2p.n, device=device, dtype=torch.float32)
+        tw = topk_weights if topk_weights.dtype == torch.float32 else topk_weights.to(torch.float32)
+        run_gemm(g2p, a=y, a_scale=y_scale, out=gemm2, topk_weights=tw.reshape(-1), alignment=alignment)
+        return _reduce(gemm2, topk_ids, self.expert_map, m=m, top_k=k, h=g2p.n, num_experts=cfg.num_experts,
+                       num_local=cfg.num_local_experts, dtype=cfg.result_dtype)
 
     @staticmethod
-    def _fit(c: LaunchConfig, group: int) -> LaunchConfig:
+    def _fit(c: LaunchConfig, group: int, k: int) -> LaunchConfig:
         bk = c.BLOCK_K
-        while group % bk:
+        while bk > 16 and (group % bk or k % bk):
             bk //= 2
         return c if bk == c.BLOCK_K else LaunchConfig(c.BLOCK_M, c.BLOCK_N, bk, c.GROUP_M, c.num_warps, c.num_stages)
+
+
+@dataclass(frozen=True)
+class _CallPlan:
+    g1: GemmPlan
+    g2: GemmPlan
+    configs: tuple[tuple[LaunchConfig, bool], ...]
+
+
+_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_ACT_CODES = {Activation.SILU: 1, Activation.GELU: 2, Activation.GELU_TANH: 3, Activation.SWIGLUOAI: 4,
+              Activation.RELU2: 5, Activation.SILU_NO_MUL: 6, Activation.GELU_NO_MUL: 7}
+
+
+def _fused_quant(key: QuantKey | None, static: torch.Tensor | None) -> tuple[str, int] | None:
+    """How the fused act_quant kernel quantizes for ``key``: ("none", 0) for no key, ("fp8", G) for
+    dynamic fp8 e4m3 per 1xG group (G = 0: per token); None = not served (torch does it)."""
+    if key is None:
+        return ("none", 0)
+    gran = key.group_shape.granularity
+    if key.dtype is QuantDType.FP8_E4M3 and key.scale.dtype is QuantDType.FP32 and not key.is_static \
+            and key.scale2 is None and static is None and gran in (Granularity.GROUP, Granularity.TOKEN):
+        return ("fp8", key.group_shape.cols if gran is Granularity.GROUP else 0)
+    return None
+
+
+def _act_quant(x: torch.Tensor, act: int, quant: tuple[str, int], *, out_dtype: torch.dtype
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    from .kernels.fused import GATED, Q_FP8_GROUP, Q_NONE, act_quant
+
+    rows = x.shape[0]
+    width = x.shape[1] // 2 if act in GATED else x.shape[1]
+    kind, group = quant
+    if kind == "none":
+        q = torch.empty(rows, width, device=x.device, dtype=out_dtype)
+        block = min(1024, _next_pow2(width))
+        act_quant[(rows, (width + block - 1) // block)](x, q, q, width, x.stride(0), q.stride(0), 0, ACT=act,
+                                                       QUANT=Q_NONE, GROUP=1, BLOCK=block, EVEN=width % block == 0)
+        return q, None
+    q = torch.empty(rows, width, device=x.device, dtype=torch.float8_e4m3fn)
+    if group:
+        block = max(group, min(1024, _next_pow2(width)))
+        scale = torch.empty(rows, width // group, device=x.device, dtype=torch.float32)
+    else:
+        block = group = _next_pow2(width)
+        scale = torch.empty(rows, 1, device=x.device, dtype=torch.float32)
+    act_quant[(rows, (width + block - 1) // block)](x, q, scale, width, x.stride(0), q.stride(0), scale.stride(0),
+                                                   ACT=act, QUANT=Q_FP8_GROUP, GROUP=group, BLOCK=block,
+                                                   EVEN=width % block == 0, num_warps=4)
+    return q, scale
+
+
+def _reduce(y: torch.Tensor, topk_ids: torch.Tensor, expert_map: torch.Tensor | None, *, m: int, top_k: int,
+            h: int, num_experts: int, num_local: int, dtype: torch.dtype) -> torch.Tensor:
+    from .kernels.fused import reduce_topk
+
+    out = torch.empty(m, h, device=y.device, dtype=dtype)
+    block = min(1024, _next_pow2(h))
+    ids = topk_ids if topk_ids.is_contiguous() else topk_ids.contiguous()
+    reduce_topk[(m, (h + block - 1) // block)](y, ids, expert_map if expert_map is not None else ids, out, h,
+                                               y.stride(0), out.stride(0), num_experts, num_local, TOP_K=top_k,
+                                               HAS_MAP=expert_map is not None, BLOCK=block, num_warps=4)
+    return out
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())

@@ -3,13 +3,14 @@
 Files: ``configs/E{E}_N{N}_K{K}_{variant}_{device}.json`` (device name with every character
 other than letters and digits replaced by ``_``) mapping a token
 count M (as a string) to ``{"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages"}``.
-The nearest tuned M wins. ``QMOE_TRITON_CONFIG_DIR`` adds a folder searched first.
+The nearest tuned M (on a log scale, ties to the smaller) wins. ``QMOE_TRITON_CONFIG_DIR`` adds a folder searched first.
 benchmarks/triton_experts/tune.py writes these files.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -70,6 +71,6 @@ def get_config(*, m: int, n: int, k: int, variant: str, k_granule: int, num_expe
     """``(config, tuned)``: the tuned config nearest to ``m`` if a file exists, else the heuristic."""
     table = _load(file_name(e=num_experts, n=n, k=k, variant=variant, device=device))
     if table:
-        nearest = min(table, key=lambda tm: abs(tm - m))
+        nearest = min(table, key=lambda tm: (abs(math.log2(tm) - math.log2(max(m, 1))), tm))
         return table[nearest], True
     return heuristic(m=m, n=n, k=k, k_granule=k_granule, num_experts=num_experts, top_k=top_k), False

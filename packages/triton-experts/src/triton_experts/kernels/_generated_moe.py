@@ -6,7 +6,8 @@ Every variant computes, for each block of BLOCK_M rows of one expert (rows come 
 ``C[row, n] = sum_k A[row // TOP_K, k] * W[e, n, k]`` with the variant's operand formats and
 scales, then adds the expert's bias, multiplies the row's top-k weight when MUL_WEIGHT, and
 stores C in its dtype. W is ``[E, N, K]`` (rows = output features); packed 4-bit W is
-``[E, N, K/2]`` uint8 with the low nibble at the even k. Scales multiply.
+``[E, N, K/2]`` uint8 with the low nibble at the even k. Scales multiply. EVEN_K (K a multiple of
+BLOCK_K, required by the packed and grouped variants) drops the K masks.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ def _dot(a, b, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _dot_acc(a, b, acc, UPCAST: tl.constexpr):
+    if UPCAST:
+        return acc + tl.dot(a.to(tl.float32), b.to(tl.float32))
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
 def _e2m1(code):
     sign = (code >> 3) & 1
     exp = (code >> 1) & 3
@@ -37,7 +45,7 @@ def _e2m1(code):
     return tl.where(sign == 1, -mag, mag)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_valid", "num_m_blocks"])  # one compile serves every token count
 def moe_gemm_bf16(
     # pointers
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
@@ -56,6 +64,7 @@ def moe_gemm_bf16(
     MUL_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
+    EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -84,15 +93,23 @@ def moe_gemm_bf16(
     n_mask = offs_n < N
     a_rows = rows // TOP_K
     # -- K loop --------------------------------------------------------------------------------
+    b_base = b_ptr + expert * stride_be
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, tl.cdiv(K, BLOCK_K)):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
-        k_mask = offs_k < K
-        a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
-                    mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        b = tl.load(b_ptr + expert * stride_be + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk,
-                    mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-        acc += _dot(a, b, DOT_UPCAST)
+        if EVEN_K:
+            a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
+                        mask=row_mask[:, None], other=0.0)
+        else:
+            a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
+                        mask=row_mask[:, None] & (offs_k[None, :] < K), other=0.0)
+        if EVEN_K:
+            b = tl.load(b_base + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk,
+                        mask=n_mask[None, :], other=0.0)
+        else:
+            b = tl.load(b_base + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk,
+                        mask=(offs_k[:, None] < K) & n_mask[None, :], other=0.0)
+        acc = _dot_acc(a, b, acc, DOT_UPCAST)
     # -- epilogue ------------------------------------------------------------------------------
     if HAS_BIAS:
         acc += tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
@@ -102,7 +119,7 @@ def moe_gemm_bf16(
              mask=row_mask[:, None] & n_mask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_valid", "num_m_blocks"])  # one compile serves every token count
 def moe_gemm_fp8_tensor(
     # pointers
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
@@ -121,6 +138,7 @@ def moe_gemm_fp8_tensor(
     MUL_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
+    EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -149,15 +167,23 @@ def moe_gemm_fp8_tensor(
     n_mask = offs_n < N
     a_rows = rows // TOP_K
     # -- K loop --------------------------------------------------------------------------------
+    b_base = b_ptr + expert * stride_be
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, tl.cdiv(K, BLOCK_K)):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
-        k_mask = offs_k < K
-        a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
-                    mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        b = tl.load(b_ptr + expert * stride_be + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk,
-                    mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-        acc += _dot(a, b, DOT_UPCAST)
+        if EVEN_K:
+            a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
+                        mask=row_mask[:, None], other=0.0)
+        else:
+            a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
+                        mask=row_mask[:, None] & (offs_k[None, :] < K), other=0.0)
+        if EVEN_K:
+            b = tl.load(b_base + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk,
+                        mask=n_mask[None, :], other=0.0)
+        else:
+            b = tl.load(b_base + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk,
+                        mask=(offs_k[:, None] < K) & n_mask[None, :], other=0.0)
+        acc += tl.dot(a, b)
     # -- epilogue ------------------------------------------------------------------------------
     acc *= tl.load(a_scale_ptr) * tl.load(b_scale_ptr + expert * stride_bse)
     if HAS_BIAS:
@@ -168,7 +194,7 @@ def moe_gemm_fp8_tensor(
              mask=row_mask[:, None] & n_mask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_valid", "num_m_blocks"])  # one compile serves every token count
 def moe_gemm_fp8_channel(
     # pointers
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
@@ -187,6 +213,7 @@ def moe_gemm_fp8_channel(
     MUL_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
+    EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -215,15 +242,23 @@ def moe_gemm_fp8_channel(
     n_mask = offs_n < N
     a_rows = rows // TOP_K
     # -- K loop --------------------------------------------------------------------------------
+    b_base = b_ptr + expert * stride_be
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, tl.cdiv(K, BLOCK_K)):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
-        k_mask = offs_k < K
-        a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
-                    mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        b = tl.load(b_ptr + expert * stride_be + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk,
-                    mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-        acc += _dot(a, b, DOT_UPCAST)
+        if EVEN_K:
+            a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
+                        mask=row_mask[:, None], other=0.0)
+        else:
+            a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
+                        mask=row_mask[:, None] & (offs_k[None, :] < K), other=0.0)
+        if EVEN_K:
+            b = tl.load(b_base + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk,
+                        mask=n_mask[None, :], other=0.0)
+        else:
+            b = tl.load(b_base + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk,
+                        mask=(offs_k[:, None] < K) & n_mask[None, :], other=0.0)
+        acc += tl.dot(a, b)
     # -- epilogue ------------------------------------------------------------------------------
     a_s = tl.load(a_scale_ptr + a_rows * stride_asm, mask=row_mask, other=0.0)
     b_s = tl.load(b_scale_ptr + expert * stride_bse + offs_n * stride_bsn, mask=n_mask, other=0.0)
@@ -236,7 +271,7 @@ def moe_gemm_fp8_channel(
              mask=row_mask[:, None] & n_mask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_valid", "num_m_blocks"])  # one compile serves every token count
 def moe_gemm_fp8_block(
     # pointers
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
@@ -255,6 +290,7 @@ def moe_gemm_fp8_block(
     MUL_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
+    EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -283,14 +319,22 @@ def moe_gemm_fp8_block(
     n_mask = offs_n < N
     a_rows = rows // TOP_K
     # -- K loop --------------------------------------------------------------------------------
+    b_base = b_ptr + expert * stride_be
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, tl.cdiv(K, BLOCK_K)):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
-        k_mask = offs_k < K
-        a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
-                    mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        b = tl.load(b_ptr + expert * stride_be + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk,
-                    mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+        if EVEN_K:
+            a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
+                        mask=row_mask[:, None], other=0.0)
+        else:
+            a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
+                        mask=row_mask[:, None] & (offs_k[None, :] < K), other=0.0)
+        if EVEN_K:
+            b = tl.load(b_base + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk,
+                        mask=n_mask[None, :], other=0.0)
+        else:
+            b = tl.load(b_base + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk,
+                        mask=(offs_k[:, None] < K) & n_mask[None, :], other=0.0)
         a_s = tl.load(a_scale_ptr + a_rows * stride_asm + (k0 * BLOCK_K // 128) * stride_ask, mask=row_mask, other=0.0)
         b_s = tl.load(b_scale_ptr + expert * stride_bse + (offs_n // 128) * stride_bsn + (k0 * BLOCK_K // 128) * stride_bsk,
                       mask=n_mask, other=0.0)
@@ -304,7 +348,7 @@ def moe_gemm_fp8_block(
              mask=row_mask[:, None] & n_mask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_valid", "num_m_blocks"])  # one compile serves every token count
 def moe_gemm_int8_w8a8(
     # pointers
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
@@ -323,6 +367,7 @@ def moe_gemm_int8_w8a8(
     MUL_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
+    EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -351,14 +396,22 @@ def moe_gemm_int8_w8a8(
     n_mask = offs_n < N
     a_rows = rows // TOP_K
     # -- K loop --------------------------------------------------------------------------------
+    b_base = b_ptr + expert * stride_be
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, tl.cdiv(K, BLOCK_K)):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
-        k_mask = offs_k < K
-        a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
-                    mask=row_mask[:, None] & k_mask[None, :], other=0)
-        b = tl.load(b_ptr + expert * stride_be + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk,
-                    mask=k_mask[:, None] & n_mask[None, :], other=0)
+        if EVEN_K:
+            a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
+                        mask=row_mask[:, None], other=0)
+        else:
+            a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
+                        mask=row_mask[:, None] & (offs_k[None, :] < K), other=0)
+        if EVEN_K:
+            b = tl.load(b_base + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk,
+                        mask=n_mask[None, :], other=0)
+        else:
+            b = tl.load(b_base + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk,
+                        mask=(offs_k[:, None] < K) & n_mask[None, :], other=0)
         acc += tl.dot(a, b).to(tl.float32)
     # -- epilogue ------------------------------------------------------------------------------
     a_s = tl.load(a_scale_ptr + a_rows * stride_asm, mask=row_mask, other=0.0)
@@ -372,7 +425,7 @@ def moe_gemm_int8_w8a8(
              mask=row_mask[:, None] & n_mask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_valid", "num_m_blocks"])  # one compile serves every token count
 def moe_gemm_int4_w4a16(
     # pointers
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
@@ -391,6 +444,7 @@ def moe_gemm_int4_w4a16(
     MUL_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
+    EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -419,22 +473,32 @@ def moe_gemm_int4_w4a16(
     n_mask = offs_n < N
     a_rows = rows // TOP_K
     # -- K loop --------------------------------------------------------------------------------
+    b_base = b_ptr + expert * stride_be
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, tl.cdiv(K, BLOCK_K)):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
-        k_mask = offs_k < K
-        a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
-                    mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        packed = tl.load(b_ptr + expert * stride_be + offs_n[None, :] * stride_bn + (offs_k[:, None] // 2) * stride_bk,
-                         mask=k_mask[:, None] & n_mask[None, :], other=0)
-        code = (packed.to(tl.int32) >> ((offs_k[:, None] % 2) * 4)) & 0xF
+        if EVEN_K:
+            a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
+                        mask=row_mask[:, None], other=0.0)
+        else:
+            a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
+                        mask=row_mask[:, None] & (offs_k[None, :] < K), other=0.0)
+        # packed nibbles: one contiguous [BLOCK_N, BLOCK_K / 2] byte tile, unpacked in registers
+        # (low nibble = even k) into [BLOCK_N, BLOCK_K]; K is a multiple of BLOCK_K (the launcher checks)
+        offs_kp = k0 * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+        packed = tl.load(b_base + offs_n[:, None] * stride_bn + offs_kp[None, :] * stride_bk,
+                         mask=n_mask[:, None], other=0)
+        codes = tl.join(packed & 0xF, packed >> 4).reshape(BLOCK_N, BLOCK_K)
+        # one quantization group per tile (BLOCK_K divides GROUP_K): scale and zero are per row
         group_idx = (k0 * BLOCK_K) // GROUP_K
         scale = tl.load(b_scale_ptr + expert * stride_bse + offs_n * stride_bsn + group_idx * stride_bsk,
                         mask=n_mask, other=0.0).to(tl.float32)
         zero = tl.load(b_zero_ptr + expert * stride_bse + offs_n * stride_bsn + group_idx * stride_bsk,
                        mask=n_mask, other=0).to(tl.float32)
-        w = (code.to(tl.float32) - zero[None, :]) * scale[None, :]
-        acc += _dot(a, w.to(a.dtype), DOT_UPCAST)
+        # code -> float exactly without an int-to-float conversion: the bits 0x4B000000 | c are 2^23 + c
+        magic = (codes.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True)
+        w = ((magic - (zero + 8388608.0)[:, None]) * scale[:, None]).to(a.dtype)
+        acc = _dot_acc(a, tl.trans(w), acc, DOT_UPCAST)
     # -- epilogue ------------------------------------------------------------------------------
     if HAS_BIAS:
         acc += tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
@@ -444,7 +508,7 @@ def moe_gemm_int4_w4a16(
              mask=row_mask[:, None] & n_mask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_valid", "num_m_blocks"])  # one compile serves every token count
 def moe_gemm_int8_w8a16(
     # pointers
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
@@ -463,6 +527,7 @@ def moe_gemm_int8_w8a16(
     MUL_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
+    EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -491,21 +556,28 @@ def moe_gemm_int8_w8a16(
     n_mask = offs_n < N
     a_rows = rows // TOP_K
     # -- K loop --------------------------------------------------------------------------------
+    b_base = b_ptr + expert * stride_be
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, tl.cdiv(K, BLOCK_K)):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
-        k_mask = offs_k < K
-        a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
-                    mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        b = tl.load(b_ptr + expert * stride_be + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk,
-                    mask=k_mask[:, None] & n_mask[None, :], other=0)
+        if EVEN_K:
+            a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
+                        mask=row_mask[:, None], other=0.0)
+        else:
+            a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
+                        mask=row_mask[:, None] & (offs_k[None, :] < K), other=0.0)
+        codes = tl.load(b_base + offs_n[:, None] * stride_bn + offs_k[None, :] * stride_bk,
+                        mask=n_mask[:, None], other=0)
+        # one quantization group per tile (BLOCK_K divides GROUP_K): scale and zero are per row
         group_idx = (k0 * BLOCK_K) // GROUP_K
         scale = tl.load(b_scale_ptr + expert * stride_bse + offs_n * stride_bsn + group_idx * stride_bsk,
                         mask=n_mask, other=0.0).to(tl.float32)
         zero = tl.load(b_zero_ptr + expert * stride_bse + offs_n * stride_bsn + group_idx * stride_bsk,
                        mask=n_mask, other=0).to(tl.float32)
-        w = (b.to(tl.float32) - zero[None, :]) * scale[None, :]
-        acc += _dot(a, w.to(a.dtype), DOT_UPCAST)
+        # code -> float exactly without an int-to-float conversion: the bits 0x4B000000 | c are 2^23 + c
+        magic = (codes.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True)
+        w = ((magic - (zero + 8388608.0)[:, None]) * scale[:, None]).to(a.dtype)
+        acc = _dot_acc(a, tl.trans(w), acc, DOT_UPCAST)
     # -- epilogue ------------------------------------------------------------------------------
     if HAS_BIAS:
         acc += tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
@@ -515,7 +587,7 @@ def moe_gemm_int8_w8a16(
              mask=row_mask[:, None] & n_mask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_valid", "num_m_blocks"])  # one compile serves every token count
 def moe_gemm_mxfp8(
     # pointers
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
@@ -534,6 +606,7 @@ def moe_gemm_mxfp8(
     MUL_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
+    EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -562,14 +635,22 @@ def moe_gemm_mxfp8(
     n_mask = offs_n < N
     a_rows = rows // TOP_K
     # -- K loop --------------------------------------------------------------------------------
+    b_base = b_ptr + expert * stride_be
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, tl.cdiv(K, BLOCK_K)):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
-        k_mask = offs_k < K
-        a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
-                    mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        b = tl.load(b_ptr + expert * stride_be + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk,
-                    mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+        if EVEN_K:
+            a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
+                        mask=row_mask[:, None], other=0.0)
+        else:
+            a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
+                        mask=row_mask[:, None] & (offs_k[None, :] < K), other=0.0)
+        if EVEN_K:
+            b = tl.load(b_base + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk,
+                        mask=n_mask[None, :], other=0.0)
+        else:
+            b = tl.load(b_base + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk,
+                        mask=(offs_k[:, None] < K) & n_mask[None, :], other=0.0)
         a_s = _e8m0(tl.load(a_scale_ptr + a_rows * stride_asm + (k0 * BLOCK_K // 32) * stride_ask, mask=row_mask,
                             other=127))
         b_s = _e8m0(tl.load(b_scale_ptr + expert * stride_bse + offs_n * stride_bsn + (k0 * BLOCK_K // 32) * stride_bsk,
@@ -584,7 +665,7 @@ def moe_gemm_mxfp8(
              mask=row_mask[:, None] & n_mask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_valid", "num_m_blocks"])  # one compile serves every token count
 def moe_gemm_mxfp4(
     # pointers
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
@@ -603,6 +684,7 @@ def moe_gemm_mxfp4(
     MUL_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
+    EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -631,19 +713,26 @@ def moe_gemm_mxfp4(
     n_mask = offs_n < N
     a_rows = rows // TOP_K
     # -- K loop --------------------------------------------------------------------------------
+    b_base = b_ptr + expert * stride_be
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, tl.cdiv(K, BLOCK_K)):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
-        k_mask = offs_k < K
-        a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
-                    mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        packed = tl.load(b_ptr + expert * stride_be + offs_n[None, :] * stride_bn + (offs_k[:, None] // 2) * stride_bk,
-                         mask=k_mask[:, None] & n_mask[None, :], other=0)
-        code = (packed.to(tl.int32) >> ((offs_k[:, None] % 2) * 4)) & 0xF
+        if EVEN_K:
+            a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
+                        mask=row_mask[:, None], other=0.0)
+        else:
+            a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
+                        mask=row_mask[:, None] & (offs_k[None, :] < K), other=0.0)
+        # packed nibbles: one contiguous [BLOCK_N, BLOCK_K / 2] byte tile, unpacked in registers
+        # (low nibble = even k) into [BLOCK_N, BLOCK_K]; K is a multiple of BLOCK_K (the launcher checks)
+        offs_kp = k0 * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+        packed = tl.load(b_base + offs_n[:, None] * stride_bn + offs_kp[None, :] * stride_bk,
+                         mask=n_mask[:, None], other=0)
+        codes = tl.join(packed & 0xF, packed >> 4).reshape(BLOCK_N, BLOCK_K)
         scale = _e8m0(tl.load(b_scale_ptr + expert * stride_bse + offs_n * stride_bsn + (k0 * BLOCK_K // 32) * stride_bsk,
                               mask=n_mask, other=127))
-        w = _e2m1(code) * scale[None, :]
-        acc += _dot(a, w.to(a.dtype), DOT_UPCAST)
+        w = (_e2m1(codes.to(tl.int32)) * scale[:, None]).to(a.dtype)  # BLOCK_K <= 32 (k_granule)
+        acc = _dot_acc(a, tl.trans(w), acc, DOT_UPCAST)
     # -- epilogue ------------------------------------------------------------------------------
     if HAS_BIAS:
         acc += tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)[None, :]

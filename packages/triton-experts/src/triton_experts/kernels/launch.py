@@ -1,13 +1,119 @@
-"""Thin launcher: validate operands, then run one generated grouped-GEMM variant."""
+"""Thin launchers: validate once per shape, then run the generated grouped-GEMM variants and the
+small fused kernels with as little per-call Python as possible.
+
+:func:`plan_gemm` checks the weight operands and freezes everything about one GEMM that does not
+change between calls (kernel, weight / scale / bias tensors and strides, constexprs);
+:func:`run_gemm` launches it on one call's activations. :func:`grouped_gemm` does both (tuner,
+tests).
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 
 from ..align import Alignment
 from ..tuning import LaunchConfig
+
+_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_DUMMIES: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _dummies(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Placeholders for absent operands (never read: the kernel's constexpr flags skip them)."""
+    if device not in _DUMMIES:
+        _DUMMIES[device] = (torch.zeros(1, device=device, dtype=torch.float32),
+                            torch.zeros(1, 1, 1, device=device, dtype=torch.uint8))
+    return _DUMMIES[device]
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+@dataclass(frozen=True)
+class GemmPlan:
+    """What one grouped GEMM launch needs besides the call's activations (see :func:`plan_gemm`)."""
+
+    kernel: object
+    variant: str
+    n: int
+    k: int
+    top_k: int
+    config: LaunchConfig
+    weight_args: tuple  # weight, scale, zero, bias pointers
+    weight_strides: tuple  # weight (3), scale (3), bias (2)
+    has_bias: bool
+    group_k: int
+    even_k: bool
+    n_blocks: int
+
+
+def plan_gemm(*, variant: str, weight: torch.Tensor, scale: torch.Tensor | None, zero: torch.Tensor | None,
+              bias: torch.Tensor | None, top_k: int, n: int, k: int, group_k: int,
+              config: LaunchConfig) -> GemmPlan:
+    """Validate the weight side of a grouped GEMM and freeze it. ``weight`` [E, N, K] (or [E, N, K/2] packed)."""
+    from ._generated_moe import KERNELS, VARIANTS
+
+    kernel = KERNELS[variant]
+    meta = VARIANTS[variant]
+    if weight.stride(-1) != 1:
+        raise ValueError("weights must be contiguous along K")
+    bk = config.BLOCK_K
+    if meta["k_granule"] and meta["k_granule"] % bk:
+        raise ValueError(f"{variant}: BLOCK_K={bk} must divide the {meta['k_granule']}-wide scale groups")
+    packed_or_grouped = meta["b"] in ("int_group", "mxfp4")
+    if meta["b"] == "int_group" and group_k % bk:
+        raise ValueError(f"{variant}: BLOCK_K={bk} must divide the quantization group {group_k}")
+    if packed_or_grouped and k % bk:
+        raise ValueError(f"{variant}: BLOCK_K={bk} must divide K={k}")
+    dummy, dummy_u8 = _dummies(weight.device)
+    s = scale if scale is not None else dummy
+    z = zero if zero is not None else dummy_u8
+    b = bias if bias is not None else dummy
+    s3 = s if s.dim() == 3 else (s.reshape(s.shape[0], -1, 1) if s.dim() == 2 else s.reshape(-1, 1, 1))
+    b2 = b if b.dim() == 2 else b.reshape(1, -1)
+    if zero is not None and zero.stride() != s3.stride():
+        raise ValueError("zero points must share the scales' strides")
+    return GemmPlan(
+        kernel=kernel, variant=variant, n=n, k=k, top_k=top_k, config=config,
+        weight_args=(weight, s, z, b),
+        weight_strides=(weight.stride(0), weight.stride(1), weight.stride(2),
+                        s3.stride(0), s3.stride(1), s3.stride(2), b2.stride(0), b2.stride(1)),
+        has_bias=bias is not None, group_k=group_k, even_k=k % bk == 0,
+        n_blocks=triton_cdiv(n, config.BLOCK_N),
+    )
+
+
+def run_gemm(plan: GemmPlan, *, a: torch.Tensor, a_scale: torch.Tensor | None, out: torch.Tensor,
+             topk_weights: torch.Tensor | None, alignment: Alignment) -> None:
+    """``out[row, :n] = A[row // top_k] @ W[e].T`` (scaled, + bias, * top-k weight) for every aligned
+    row; rows not listed in the alignment are left untouched. Shapes are the caller's contract
+    (:func:`grouped_gemm` checks them)."""
+    c = plan.config
+    weight, s, z, b = plan.weight_args
+    dummy = _dummies(a.device)[0] if (a_scale is None or topk_weights is None) else None
+    a_s = a_scale if a_scale is not None else dummy
+    if a_s.dim() == 2:
+        sa0, sa1 = a_s.stride(0), a_s.stride(1)
+    else:
+        sa0, sa1 = a_s.stride(0) if a_s.numel() > 1 else 0, 0
+    num_m_blocks = alignment.sorted_ids.shape[0] // c.BLOCK_M
+    ws = plan.weight_strides
+    plan.kernel[(num_m_blocks * plan.n_blocks,)](
+        a, a_s, weight, s, z, b, out, topk_weights if topk_weights is not None else dummy,
+        alignment.sorted_ids, alignment.expert_ids, alignment.num_post_padded,
+        plan.n, plan.k, alignment.num_valid, num_m_blocks,
+        a.stride(0), a.stride(1), sa0, sa1,
+        ws[0], ws[1], ws[2], ws[3], ws[4], ws[5], ws[6], ws[7],
+        out.stride(0), out.stride(1),
+        GROUP_K=plan.group_k, TOP_K=plan.top_k, MUL_WEIGHT=topk_weights is not None, HAS_BIAS=plan.has_bias,
+        DOT_UPCAST=_INTERPRETED and a.dtype in (torch.bfloat16, torch.float16), EVEN_K=plan.even_k,
+        BLOCK_M=c.BLOCK_M, BLOCK_N=c.BLOCK_N, BLOCK_K=c.BLOCK_K, GROUP_M=c.GROUP_M,
+        num_warps=c.num_warps, num_stages=c.num_stages,
+    )
 
 
 def grouped_gemm(
@@ -33,59 +139,12 @@ def grouped_gemm(
     ``a`` [M, K] (quantized per variant), ``weight`` [E, N, K] (or [E, N, K/2] packed), ``out``
     [M * top_k, N]; rows not listed in the alignment are left untouched.
     """
-    from ._generated_moe import KERNELS, VARIANTS
-
-    kernel = KERNELS[variant]
-    meta = VARIANTS[variant]
     if a.dim() != 2 or a.shape[1] != k:
         raise ValueError(f"A must be [M, {k}], got {list(a.shape)}")
     if out.shape != (a.shape[0] * top_k, n):
         raise ValueError(f"out must be [{a.shape[0] * top_k}, {n}], got {list(out.shape)}")
-    if weight.stride(-1) != 1:
-        raise ValueError("weights must be contiguous along K")
-    bk = config.BLOCK_K
-    if meta["k_granule"] and meta["k_granule"] % bk:
-        raise ValueError(f"{variant}: BLOCK_K={bk} must divide the {meta['k_granule']}-wide scale groups")
-    if meta["b"] == "int_group" and group_k % bk:
-        raise ValueError(f"{variant}: BLOCK_K={bk} must divide the quantization group {group_k}")
-    dummy, dummy_u8 = _dummies(a.device)
-    a_s = a_scale if a_scale is not None else dummy
-    s = scale if scale is not None else dummy
-    z = zero if zero is not None else dummy_u8
-    b = bias if bias is not None else dummy
-    tw = topk_weights if topk_weights is not None else dummy
-    a_s2 = a_s if a_s.dim() == 2 else a_s.reshape(-1, 1)
-    s3 = s if s.dim() == 3 else (s.reshape(s.shape[0], -1, 1) if s.dim() == 2 else s.reshape(-1, 1, 1))
-    b2 = b if b.dim() == 2 else b.reshape(1, -1)
-    num_m_blocks = alignment.sorted_ids.numel() // config.BLOCK_M
-    grid = (num_m_blocks * triton_cdiv(n, config.BLOCK_N),)
-    kernel[grid](
-        a, a_s, weight, s, z, b, out, tw,
-        alignment.sorted_ids, alignment.expert_ids, alignment.num_post_padded,
-        n, k, alignment.num_valid, num_m_blocks,
-        a.stride(0), a.stride(1), a_s2.stride(0), a_s2.stride(1),
-        weight.stride(0), weight.stride(1), weight.stride(2),
-        s3.stride(0), s3.stride(1), s3.stride(2),
-        b2.stride(0), b2.stride(1),
-        out.stride(0), out.stride(1),
-        GROUP_K=group_k, TOP_K=top_k, MUL_WEIGHT=topk_weights is not None, HAS_BIAS=bias is not None,
-        DOT_UPCAST=_INTERPRETED and a.dtype == torch.bfloat16,
-        BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N, BLOCK_K=bk, GROUP_M=config.GROUP_M,
-        num_warps=config.num_warps, num_stages=config.num_stages,
-    )
-
-
-_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
-_DUMMIES: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def _dummies(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Placeholders for absent operands (never read: the kernel's constexpr flags skip them)."""
-    if device not in _DUMMIES:
-        _DUMMIES[device] = (torch.zeros(1, device=device, dtype=torch.float32),
-                            torch.zeros(1, 1, 1, device=device, dtype=torch.uint8))
-    return _DUMMIES[device]
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return (a + b - 1) // b
+    if alignment.sorted_ids.shape[0] % config.BLOCK_M:
+        raise ValueError(f"the alignment was made for another BLOCK_M than {config.BLOCK_M}")
+    plan = plan_gemm(variant=variant, weight=weight, scale=scale, zero=zero, bias=bias, top_k=top_k, n=n, k=k,
+                     group_k=group_k, config=config)
+    run_gemm(plan, a=a, a_scale=a_scale, out=out, topk_weights=topk_weights, alignment=alignment)
