@@ -1,12 +1,17 @@
 """`moe-oracle` command line.
 
     moe-oracle explain [CHECKPOINT] [--scheme NAME|all] [--platform P|all] [--backend NAME]
+    moe-oracle demo [CHECKPOINT] [--formats a,b] [--platform P] [--backend NAME] [--device D]
 
 For each MoE layer family of the checkpoint (layers whose experts share a scheme) and each
 platform, print the chosen backend and every rejected one with its reason. Without a checkpoint
 a tiny checkpoint of each scheme (or of ``--scheme``) is written on the fly and explained.
 Platforms: ``cuda:9.0``, ``rocm:gfx942``, ``xpu``, ``cpu`` ...; ``all`` explains a representative
 set; the default is this machine.
+
+``demo`` is the main job (see :mod:`moe_oracle.demo`): a tiny transformers Qwen3-MoE quantized
+into each format (or your checkpoint), loaded with the chosen backends, run and compared with
+bf16, with a table of accuracy and time per forward. It needs transformers >= 5.
 """
 
 from __future__ import annotations
@@ -84,7 +89,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     e.add_argument("--scheme", help="scheme of the embedded checkpoint (default: all)")
     e.add_argument("--platform", help="cuda:9.0, rocm:gfx942, xpu, cpu, a comma list, or all (default: this machine)")
     e.add_argument("--backend", help="force a backend by name (as MOE_ORACLE_BACKEND would)")
+    d = sub.add_parser("demo", help="quantize a tiny transformers MoE model (or load CHECKPOINT), run, compare")
+    d.add_argument("checkpoint", nargs="?", type=Path)
+    d.add_argument("--formats", help="comma list of demo formats (default: all: fp8_block,int4_w4a16,int8_w8a8,"
+                                     "mxfp8,mxfp4_w4a16)")
+    d.add_argument("--platform", help="the platform to select backends for (default: this machine)")
+    d.add_argument("--backend", help="force a backend by name")
+    d.add_argument("--device", help="torch device to run on (default: cuda if present, else cpu)")
+    d.add_argument("--repeats", type=int, default=3, help="timed forwards per model (median reported)")
+    d.add_argument("--keep", type=Path, help="write the checkpoints here instead of a temporary directory")
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        return _demo(args, parser)
     try:
         platforms = _platforms(args.platform)
         if args.checkpoint is not None:
@@ -101,6 +117,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                                              intermediate_size=128, num_experts=4)
                 print(f"== embedded tiny checkpoint, scheme {scheme}")
                 print(explain_checkpoint(ckpt.path, platforms, force=args.backend))
+    except (CheckpointError, SelectionError, ValueError, OSError) as exc:
+        print(f"moe-oracle: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        print("moe-oracle: error: the demo needs transformers >= 5: pip install 'moe-oracle[transformers]'",
+              file=sys.stderr)
+        return 2
+    from .demo import DEMO_FORMATS, run_demo
+
+    if args.checkpoint is not None and args.formats:
+        parser.error("--formats applies to the embedded model; a checkpoint has its own format")
+    formats = args.formats.split(",") if args.formats else list(DEMO_FORMATS)
+    try:
+        platform = Platform.parse(args.platform) if args.platform else None
+        if args.keep is not None:
+            args.keep.mkdir(parents=True, exist_ok=True)
+        run_demo(args.checkpoint, formats=formats, platform=platform, force=args.backend, device=args.device,
+                 repeats=args.repeats, workdir=args.keep)
     except (CheckpointError, SelectionError, ValueError, OSError) as exc:
         print(f"moe-oracle: error: {exc}", file=sys.stderr)
         return 2

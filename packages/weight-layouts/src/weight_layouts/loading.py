@@ -487,11 +487,11 @@ class _NoBar:
         pass
 
 
-def _progress(total: int, *, enabled: bool, desc: str) -> Any:
+def _progress(total: int, *, enabled: bool, desc: str, unit: str = "tensor") -> Any:
     if not enabled:
         return _NoBar()
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm is a declared dependency
         return _NoBar()
-    return tqdm(total=total, desc=desc, unit="tensor")
+    return tqdm(total=total, desc=desc, unit=unit)

@@ -361,4 +361,4 @@ def _save_sharded(root: Path, tensors: dict[str, torch.Tensor], *, shards: int) 
 def _progress_bar(total: int, *, enabled: bool, desc: str) -> Any:
     from .loading import _progress
 
-    return _progress(total, enabled=enabled, desc=desc)
+    return _progress(total, enabled=enabled, desc=desc, unit="layer")
