@@ -12,7 +12,9 @@ Columns: microseconds and TFLOP/s (2MNK / t) of
   layout that choice reads (as Fp8BlockLinear does);
 
 and the ratios ``triton / cublas`` and ``auto / best of the two`` (speed ratios: > 1 is faster).
-Every row is first checked against the peer's output. Timing: see ``_common.py``. Quant rows:
+Every row is first checked against the peer's output. Timing: see ``_common.py``; the three
+columns are timed in ``--rounds`` interleaved rounds (cublas, triton, auto, cublas, ...) and each
+reports its median, so slow drifts of the clock hit all three alike. Quant rows:
 GB/s of (bf16 read + fp8 written + scales) against a 1 GiB device-to-device copy.
 
     python benchmarks/fp8_linear/run.py [--quick] [--shapes dsv3.o_proj,...] [--ms 1,16]
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import time
 from pathlib import Path
 
@@ -49,7 +52,7 @@ TARGETS = {"triton_vs_cublas_m_ge_1024_geomean": 0.75, "triton_vs_cublas_m_le_64
 QUANT_SHAPES = ((4096, 4096), (8192, 7168), (16384, 7168))
 
 
-def gemm_rows(shapes: dict[str, tuple[int, int]], ms: tuple[int, ...], log) -> list[dict]:
+def gemm_rows(shapes: dict[str, tuple[int, int]], ms: tuple[int, ...], log, rounds: int = 3) -> list[dict]:
     import fp8_linear
     from fp8_linear import GemmProblem, Granularity, select_kernel
     from fp8_linear.variant_types import ScaleDtype
@@ -75,9 +78,14 @@ def gemm_rows(shapes: dict[str, tuple[int, int]], ms: tuple[int, ...], log) -> l
             expected = cublas_peer(first, m)
             err_t = rel_err(ours(first, "triton", False)(), expected)
             err_a = rel_err(ours(first, None, col)(), expected)
-            t_cub = bench_us([lambda o=o: cublas_peer(o, m) for o in sets])
-            t_tri = bench_us([ours(o, "triton", False) for o in sets])
-            t_auto = bench_us([ours(o, None, col) for o in sets])
+            columns = {"cublas": [lambda o=o: cublas_peer(o, m) for o in sets],
+                       "triton": [ours(o, "triton", False) for o in sets],
+                       "auto": [ours(o, None, col) for o in sets]}
+            times: dict[str, list[float]] = {name: [] for name in columns}
+            for _ in range(rounds):
+                for key, calls in columns.items():
+                    times[key].append(bench_us(calls, rep_ms=20 if rounds > 1 else 40))
+            t_cub, t_tri, t_auto = (statistics.median(times[key]) for key in ("cublas", "triton", "auto"))
             flops = 2.0 * m * n * k
             cfg = triton_choice.config
             row = {
@@ -86,7 +94,8 @@ def gemm_rows(shapes: dict[str, tuple[int, int]], ms: tuple[int, ...], log) -> l
                 "cublas_tflops": flops / t_cub / 1e6, "triton_tflops": flops / t_tri / 1e6,
                 "auto_tflops": flops / t_auto / 1e6,
                 "triton_vs_cublas": t_cub / t_tri, "auto_vs_best": min(t_cub, t_tri) / t_auto,
-                "auto_kernel": choice.kernel,
+                "auto_kernel": choice.kernel, "auto_why": choice.why,
+                "rounds_us": {key: [round(v, 2) for v in vals] for key, vals in times.items()},
                 "triton_config": None if cfg is None else {**cfg.to_json(), "source": triton_choice.config_source},
                 "rel_err_triton": err_t, "rel_err_auto": err_a,
                 "ok": err_t < 1e-2 and err_a < 1e-2,
@@ -95,7 +104,9 @@ def gemm_rows(shapes: dict[str, tuple[int, int]], ms: tuple[int, ...], log) -> l
             log(f"{name:>17} {n:>6} {k:>6} {m:>5} | {t_cub:9.1f} {row['cublas_tflops']:7.1f} | "
                 f"{t_tri:9.1f} {row['triton_tflops']:7.1f} {row['triton_vs_cublas']:6.2f} | "
                 f"{t_auto:9.1f} {choice.kernel:>9} {row['auto_vs_best']:6.2f} | "
-                f"{'ok' if row['ok'] else 'WRONG'} {time.time() - t0:4.1f}s")
+                f"{'ok' if row['ok'] else 'WRONG'} {time.time() - t0:4.1f}s"
+                + ("" if cfg is None else f" {cfg.block_m}x{cfg.block_n}{' tma' if cfg.tma else ''}"
+                                          f"{' ws' if cfg.warp_specialize else ''}"))
             del sets
             torch.cuda.empty_cache()
     return rows
@@ -162,6 +173,7 @@ def main() -> None:
     parser.add_argument("--ms", default=",".join(map(str, MS)))
     parser.add_argument("--quick", action="store_true", help="two shapes, three M values (a smoke run)")
     parser.add_argument("--no-quant", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds per row (median)")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/fp8_linear-<device>.json)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -191,7 +203,7 @@ def main() -> None:
     quant = [] if args.no_quant else quant_rows(copy_gbps, log)
     log(f"{'shape':>17} {'N':>6} {'K':>6} {'M':>5} | {'cublas us':>9} {'TF':>7} | {'triton us':>9} {'TF':>7} "
         f"{'x cub':>6} | {'auto us':>9} {'kernel':>9} {'x best':>6} |")
-    gemm = gemm_rows(shapes, ms, log)
+    gemm = gemm_rows(shapes, ms, log, rounds=args.rounds)
     summary = summarize(gemm, quant)
     for key, value in summary.items():
         if key != "targets":
@@ -200,7 +212,8 @@ def main() -> None:
         log(f"target {target}: {'met' if met else 'NOT met'}")
     path = args.out or str(RESULTS / f"fp8_linear-{device_slug()}.json")
     data = {"benchmark": "fp8_linear", **info, "platform": str(platform), "blockwise_api": platform.scaled_mm.value,
-            "timing": "CUDA-graph replay (~1 ms of calls) over operand copies > 2x L2, triton.testing.do_bench median",
+            "timing": f"CUDA-graph replay (~1 ms of calls) over operand copies > 2x L2, triton.testing.do_bench "
+                      f"median; {args.rounds} interleaved rounds per row, median",
             "peer": "torch._scaled_mm blockwise (v1; v2 F.scaled_mm when K/128 % 4 != 0), operands pre-padded",
             "copy_gbps": copy_gbps, "quant": quant, "gemm": gemm, "summary": summary,
             "wall_s": time.time() - start}

@@ -38,6 +38,7 @@ VARIANTS: Mapping[Granularity, GemmVariant] = MappingProxyType({
         block_k=(32, 64, 128),
         schemes=('fp8_block',),
         kernel='gemm_block',
+        tma=True,
     ),
     Granularity.TOKEN_CHANNEL: GemmVariant(
         name='token_channel',
@@ -50,6 +51,7 @@ VARIANTS: Mapping[Granularity, GemmVariant] = MappingProxyType({
         block_k=(),
         schemes=('fp8_channel',),
         kernel='gemm_token_channel',
+        tma=False,
     ),
     Granularity.TENSOR: GemmVariant(
         name='tensor',
@@ -62,6 +64,7 @@ VARIANTS: Mapping[Granularity, GemmVariant] = MappingProxyType({
         block_k=(),
         schemes=('fp8_tensor_dynamic', 'fp8_tensor_static'),
         kernel='gemm_tensor',
+        tma=False,
     ),
     Granularity.MX: GemmVariant(
         name='mx',
@@ -74,5 +77,6 @@ VARIANTS: Mapping[Granularity, GemmVariant] = MappingProxyType({
         block_k=(32,),
         schemes=('mxfp8',),
         kernel='gemm_mx',
+        tma=False,
     ),
 })

@@ -42,6 +42,9 @@ class GemmConfig:
     num_warps: int = 4
     num_stages: int = 3
     k_unroll: int = 1  # K iterations per loop step (1 or 2)
+    tma: int = 0  # 1: the persistent TMA-descriptor kernel (where the variant has one and the platform can)
+    warp_specialize: int = 0  # with tma: producer/consumer warps (tl.range(..., warp_specialize=True))
+    flatten: int = 0  # with tma: one flattened tile x K loop
 
     def to_json(self) -> dict[str, int]:
         return asdict(self)
@@ -49,7 +52,8 @@ class GemmConfig:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GemmConfig:
         fields = {f: int(data[f]) for f in ("block_m", "block_n", "block_k")}
-        extra = {f: int(data[f]) for f in ("group_m", "split_k", "num_warps", "num_stages", "k_unroll") if f in data}
+        extra = {f: int(data[f]) for f in ("group_m", "split_k", "num_warps", "num_stages", "k_unroll", "tma",
+                                           "warp_specialize", "flatten") if f in data}
         return cls(**fields, **extra)
 
 
@@ -128,8 +132,10 @@ def fit_config(cfg: GemmConfig, variant: GemmVariant, *, k: int, group_k: int | 
     bk = max(bk, 16)
     k_iters = max(1, -(-k // bk))
     split = max(1, min(cfg.split_k, k_iters))
-    return replace(cfg, block_k=bk, split_k=split, block_m=max(16, cfg.block_m), block_n=max(16, cfg.block_n),
-                   k_unroll=2 if cfg.k_unroll == 2 else 1)
+    tma = 1 if cfg.tma and variant.tma else 0
+    return replace(cfg, block_k=bk, split_k=1 if tma else split, block_m=max(16, cfg.block_m),
+                   block_n=max(16, cfg.block_n), k_unroll=2 if cfg.k_unroll == 2 else 1, tma=tma,
+                   warp_specialize=int(bool(cfg.warp_specialize and tma)), flatten=int(bool(cfg.flatten and tma)))
 
 
 def choose_config(
