@@ -55,6 +55,7 @@ BUILTIN = (
     "mxfp8",
     "mxfp4",
     "ct-mxfp4",
+    "ct-fp8-block",
 )
 PROPS = settings(max_examples=30, deadline=None)
 SCALE_DTYPES = [None, torch.float32, torch.bfloat16, torch.float16]
@@ -224,6 +225,7 @@ def test_register_format_adds_and_rejects_duplicates():
         ("mxfp8", {}, {"weight", "weight_scale"}),
         ("mxfp4", {}, {"blocks", "scales"}),
         ("ct-mxfp4", {}, {"weight_packed", "weight_scale"}),
+        ("ct-fp8-block", {}, {"weight", "weight_scale"}),
     ],
 )
 def test_encoded_tensor_names_match_encode(fmt, params, names):
@@ -511,6 +513,18 @@ def test_ct_mxfp4_is_mxfp4_stored_flat(w):
     canon = get_format("ct-mxfp4").to_canonical(t)
     assert canon["blocks"].data_ptr() == t["weight_packed"].data_ptr()
     assert torch.equal(decode("mxfp4", canon), d)
+
+
+def test_ct_fp8_block_is_fp8_block_with_compressed_tensors_scale_name():
+    w = torch.randn(3, 256, 384)
+    t = encode("ct-fp8-block", w)
+    ref = encode("fp8-block", w)
+    assert torch.equal(raw(t["weight"]), raw(ref["weight"])) and torch.equal(t["weight_scale"], ref["weight_scale_inv"])
+    canon = get_format("ct-fp8-block").to_canonical(t)
+    assert canon["weight_scale_inv"] is t["weight_scale"]
+    assert torch.equal(decode("fp8-block", canon), decode("ct-fp8-block", t))
+    with pytest.raises(FormatError, match="weight_scale"):
+        decode("ct-fp8-block", {"weight": t["weight"], "weight_scale": t["weight_scale"][..., :1].contiguous()})
 
 
 def test_ct_mxfp4_rejects_bad_tensors():

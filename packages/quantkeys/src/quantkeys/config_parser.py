@@ -451,7 +451,8 @@ def _ct_weight_format(ct_format: str | None, key: QuantKey, *, where: str) -> tu
             return "fp8-tensor", ()
         if shape.granularity.value == "channel":
             return "fp8-channel", ()
-        return "fp8-block", (("block_size", (shape.rows, shape.cols)),)
+        # compressed-tensors names the block scale `weight_scale` (DeepSeek/HF: `weight_scale_inv`)
+        return "ct-fp8-block", (("block_size", (shape.rows, shape.cols)),)
     if key.dtype is QuantDType.FP4_E2M1:
         if key.scale2 is not None:
             return "nvfp4", ()

@@ -45,6 +45,7 @@ _RULES: Mapping[str, Mapping[str, FusionRule]] = MappingProxyType({
     "mxfp8": {"weight": _ROWS0, "weight_scale": _ROWS0},
     "mxfp4": {"blocks": _ROWS0, "scales": _ROWS0},
     "ct-mxfp4": {"weight_packed": _ROWS0, "weight_scale": _ROWS0},
+    "ct-fp8-block": {"weight": _ROWS0, "weight_scale": _ROWS0},
 })
 
 
@@ -57,7 +58,7 @@ def fusion_rules(fmt: str) -> Mapping[str, FusionRule]:
 
 def check_fusable(fmt: str, params: Mapping[str, Any], *, intermediate: int) -> None:
     """Raise ValueError when gate and up cannot be stacked exactly for this intermediate size."""
-    if fmt == "fp8-block":
+    if fmt in ("fp8-block", "ct-fp8-block"):
         rows = int(params.get("block_size", (128, 128))[0])
         if intermediate % rows:
             raise ValueError(

@@ -5,7 +5,8 @@
 >>> w2 = decode("gptq", t, bits=4, group_size=128)     # float32 [..., N, K]
 
 Built-in formats (``FORMATS`` lists them): ``dense``, ``fp8-tensor``, ``fp8-channel``,
-``fp8-block``, ``int8-channel``, ``gptq``, ``ct-pack-quantized``, ``mxfp8``, ``mxfp4``, ``ct-mxfp4``. Later
+``fp8-block``, ``int8-channel``, ``gptq``, ``ct-pack-quantized``, ``mxfp8``, ``mxfp4``, and the compressed-tensors storage aliases
+``ct-mxfp4`` and ``ct-fp8-block`` (loaded as ``mxfp4`` / ``fp8-block``). Later
 packages add formats with :func:`register_format`.
 """
 
@@ -24,6 +25,7 @@ from weight_layouts.formats.base import (
 from weight_layouts.formats.ct_pack import CtPackFormat, CtPackParams
 from weight_layouts.formats.dense import DenseFormat, DenseParams
 from weight_layouts.formats.fp8 import (
+    CtFp8BlockFormat,
     Fp8BlockFormat,
     Fp8BlockParams,
     Fp8ChannelFormat,
@@ -45,6 +47,7 @@ for _cls in (
     MxFp8Format,
     MxFp4Format,
     CtMxFp4Format,
+    CtFp8BlockFormat,
 ):
     if _cls.name not in FORMATS:  # importlib.reload-safe
         register_format(_cls)
@@ -53,6 +56,7 @@ del _cls
 __all__ = [
     "FORMATS",
     "CheckpointFormat",
+    "CtFp8BlockFormat",
     "CtMxFp4Format",
     "CtPackFormat",
     "CtPackParams",

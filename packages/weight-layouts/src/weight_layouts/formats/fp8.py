@@ -201,3 +201,17 @@ class Fp8BlockFormat(_Fp8Base):
     def _expand(self, s: torch.Tensor, n: int, k: int, p: Fp8BlockParams) -> torch.Tensor:
         bn, bk = p.block_size
         return s.repeat_interleave(bn, dim=-2)[..., :n, :].repeat_interleave(bk, dim=-1)[..., :k]
+
+
+class CtFp8BlockFormat(Fp8BlockFormat):
+    """``ct-fp8-block``: compressed-tensors' float-quantized block strategy (llm-compressor's
+    FP8_BLOCK): the ``fp8-block`` data with the scale stored as ``weight_scale`` (multiplied, same
+    shape). :meth:`to_canonical` re-views it as ``fp8-block`` (``weight_scale_inv``), no copy."""
+
+    name = "ct-fp8-block"
+    required_tensors = ("weight", "weight_scale")
+    scale_name = "weight_scale"
+    canonical_format = "fp8-block"
+
+    def to_canonical(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"weight": tensors["weight"], "weight_scale_inv": tensors["weight_scale"]}
