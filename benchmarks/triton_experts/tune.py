@@ -34,15 +34,19 @@ SMEM = 200 * 1024
 
 
 def candidates(scheme: str, rows_per_expert: int, k_granule: int, group: int) -> list[LaunchConfig]:
+    from triton_experts.kernels.launch import fits_group
+
     if rows_per_expert <= 16:  # decode: one BLOCK_M block per expert, memory bound
-        space = itertools.product((16,), (32, 64, 128), (64, 128, 256), (4,), (2, 3, 4, 5))
+        space = itertools.product((16,), (32, 64, 128), (128, 256), (4,), (2, 3, 4, 5))
     elif rows_per_expert <= 96:
-        space = itertools.product((32, 64), (64, 128), (64, 128), (4,), (3, 4))
+        space = itertools.product((32, 64), (64, 128, 256), (64, 128), (4, 8), (3, 4))
     else:
         space = itertools.product((64, 128), (128, 256), (64, 128), (4, 8), (3, 4))
     out = []
     for bm, bn, bk, warps, stages in space:
-        if (k_granule and k_granule % bk) or group % bk:
+        if (k_granule and k_granule % bk) or not fits_group(bk, group):
+            continue
+        if warps == 8 and bm * bn < 64 * 128:
             continue
         if stages * (bm * bk + bk * bn) * BYTES[scheme] > SMEM:
             continue
@@ -118,6 +122,7 @@ def main() -> None:
     ap.add_argument("--models", required=True)
     ap.add_argument("--schemes", required=True)
     ap.add_argument("--m", default="1,8,32,128,512,2048,8192")
+    ap.add_argument("--only", default="", help="comma list of gemm:M to tune (e.g. w13:2048), default all")
     ap.add_argument("--out", type=Path, default=CONFIG_DIR)
     ap.add_argument("--rep", type=int, default=25, help="do_bench repetition time per candidate, ms")
     ap.add_argument("--jobs", type=int, default=0, help="parallel compile processes (0: none)")
@@ -134,8 +139,9 @@ def main() -> None:
         for scheme in args.schemes.split(","):
             ex, gemms = _setup(model, scheme)
             meta = VARIANTS[ex.variant_name]
+            only = set(args.only.split(",")) - {""}
             plan = {(m, name): candidates(scheme, max(1, m * k // e), meta["k_granule"], gemms[name][3])
-                    for m in ms for name in gemms}
+                    for m in ms for name in gemms if not only or f"{name}:{m}" in only}
             if args.jobs:
                 todo = sorted({(name, c) for (_, name), cs in plan.items() for c in cs}, key=str)
                 chunks = [todo[j::args.jobs] for j in range(args.jobs)]
@@ -147,6 +153,8 @@ def main() -> None:
             for m in ms:
                 _, ids = routing(m, e, k, seed=m)
                 for name, gemm in gemms.items():
+                    if (m, name) not in plan:
+                        continue
                     best = None
                     for cfg in plan[(m, name)]:
                         try:

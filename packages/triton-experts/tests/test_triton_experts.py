@@ -5,6 +5,7 @@ a GPU (the `cuda` config)."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -129,3 +130,35 @@ def test_oracle_prefers_triton_on_cuda_and_says_why_not_elsewhere():
     with pytest.raises(ForcedBackendError, match="fp8e4nv"):
         select_backend(weight_key=qk.kFp8Static128BlockSym, activation_key=qk.kFp8Dynamic128Sym, config=cfg,
                        platform=Platform.parse("xpu"), force="triton")
+
+
+@pytest.mark.parametrize("scheme", ["int4_w4a16", "int4_w4a16_asym", "int8_w8a16"])
+def test_tiles_of_several_groups(tmp_path, monkeypatch, scheme):
+    """BLOCK_K = 2 quantization groups (a tuned config's choice for decode) against the reference."""
+    if scheme not in SCHEMES:
+        pytest.skip(f"{scheme} is not served by triton")
+    from triton_experts import tuning
+
+    e, h, i = 8, 256, 128
+    _, weights, act = _case(tmp_path, scheme, e=e, h=h, i=i, bias=False, seed=11)
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    device = torch.cuda.get_device_name() if ON_GPU else "cpu"
+    cfg = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 256, "GROUP_M": 1, "num_warps": 4, "num_stages": 2}
+    variant = "int8_w8a16" if scheme == "int8_w8a16" else "int4_w4a16"
+    (folder / tuning.file_name(e=e, n=2 * i, k=h, variant=variant, device=device)).write_text(json.dumps({"1": cfg}))
+    monkeypatch.setenv(tuning.ENV_DIR, str(folder))
+    tuning._load.cache_clear()
+    try:
+        config = MoEConfig(num_experts=e, top_k=2, hidden_size=h, intermediate_size=i, activation=act,
+                           in_dtype=torch.bfloat16)
+        kernel = make_kernel(weights=weights.to(DEVICE), config=config, platform=PLATFORM, force="triton")
+        reference = make_kernel(weights=weights, config=config, platform=PLATFORM, force="reference")
+        x, tw, ids = _inputs(5, 2, e, h, seed=7)
+        out = kernel(hidden_states=x, topk_weights=tw, topk_ids=ids)
+        (c1, tuned1), _ = kernel.experts.last_configs
+        assert tuned1 and c1.BLOCK_K == 256
+        ref = reference(hidden_states=x.cpu(), topk_weights=tw.cpu(), topk_ids=ids.cpu())
+        assert rel(out.cpu(), ref) < BOUND_VS_REFERENCE, scheme
+    finally:
+        tuning._load.cache_clear()

@@ -246,8 +246,10 @@ class TritonExperts(Experts):
 
     @staticmethod
     def _fit(c: LaunchConfig, group: int, k: int) -> LaunchConfig:
+        from .kernels.launch import fits_group
+
         bk = c.BLOCK_K
-        while bk > 16 and (group % bk or k % bk):
+        while bk > 16 and (not fits_group(bk, group) or k % bk):
             bk //= 2
         return c if bk == c.BLOCK_K else LaunchConfig(c.BLOCK_M, c.BLOCK_N, bk, c.GROUP_M, c.num_warps, c.num_stages)
 

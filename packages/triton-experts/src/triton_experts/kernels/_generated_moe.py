@@ -489,15 +489,22 @@ def moe_gemm_int4_w4a16(
         packed = tl.load(b_base + offs_n[:, None] * stride_bn + offs_kp[None, :] * stride_bk,
                          mask=n_mask[:, None], other=0)
         codes = tl.join(packed & 0xF, packed >> 4).reshape(BLOCK_N, BLOCK_K)
-        # one quantization group per tile (BLOCK_K divides GROUP_K): scale and zero are per row
-        group_idx = (k0 * BLOCK_K) // GROUP_K
-        scale = tl.load(b_scale_ptr + expert * stride_bse + offs_n * stride_bsn + group_idx * stride_bsk,
-                        mask=n_mask, other=0.0).to(tl.float32)
-        zero = tl.load(b_zero_ptr + expert * stride_bse + offs_n * stride_bsn + group_idx * stride_bsk,
-                       mask=n_mask, other=0).to(tl.float32)
         # code -> float exactly without an int-to-float conversion: the bits 0x4B000000 | c are 2^23 + c
         magic = (codes.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True)
-        w = ((magic - (zero + 8388608.0)[:, None]) * scale[:, None]).to(a.dtype)
+        if BLOCK_K > GROUP_K:  # BLOCK_K / GROUP_K whole groups per tile: scales and zeros [BLOCK_N, groups]
+            offs_g = (k0 * BLOCK_K) // GROUP_K + tl.arange(0, BLOCK_K // GROUP_K)
+            sz_offs = expert * stride_bse + offs_n[:, None] * stride_bsn + offs_g[None, :] * stride_bsk
+            scale = tl.load(b_scale_ptr + sz_offs, mask=n_mask[:, None], other=0.0).to(tl.float32)
+            zero = tl.load(b_zero_ptr + sz_offs, mask=n_mask[:, None], other=0).to(tl.float32)
+            w3 = magic.reshape(BLOCK_N, BLOCK_K // GROUP_K, GROUP_K)
+            w = ((w3 - (zero + 8388608.0)[:, :, None]) * scale[:, :, None]).reshape(BLOCK_N, BLOCK_K).to(a.dtype)
+        else:  # one quantization group per tile (BLOCK_K divides GROUP_K): scale and zero per row
+            group_idx = (k0 * BLOCK_K) // GROUP_K
+            scale = tl.load(b_scale_ptr + expert * stride_bse + offs_n * stride_bsn + group_idx * stride_bsk,
+                            mask=n_mask, other=0.0).to(tl.float32)
+            zero = tl.load(b_zero_ptr + expert * stride_bse + offs_n * stride_bsn + group_idx * stride_bsk,
+                           mask=n_mask, other=0).to(tl.float32)
+            w = ((magic - (zero + 8388608.0)[:, None]) * scale[:, None]).to(a.dtype)
         acc = _dot_acc(a, tl.trans(w), acc, DOT_UPCAST)
     # -- epilogue ------------------------------------------------------------------------------
     if HAS_BIAS:
@@ -568,15 +575,22 @@ def moe_gemm_int8_w8a16(
                         mask=row_mask[:, None] & (offs_k[None, :] < K), other=0.0)
         codes = tl.load(b_base + offs_n[:, None] * stride_bn + offs_k[None, :] * stride_bk,
                         mask=n_mask[:, None], other=0)
-        # one quantization group per tile (BLOCK_K divides GROUP_K): scale and zero are per row
-        group_idx = (k0 * BLOCK_K) // GROUP_K
-        scale = tl.load(b_scale_ptr + expert * stride_bse + offs_n * stride_bsn + group_idx * stride_bsk,
-                        mask=n_mask, other=0.0).to(tl.float32)
-        zero = tl.load(b_zero_ptr + expert * stride_bse + offs_n * stride_bsn + group_idx * stride_bsk,
-                       mask=n_mask, other=0).to(tl.float32)
         # code -> float exactly without an int-to-float conversion: the bits 0x4B000000 | c are 2^23 + c
         magic = (codes.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True)
-        w = ((magic - (zero + 8388608.0)[:, None]) * scale[:, None]).to(a.dtype)
+        if BLOCK_K > GROUP_K:  # BLOCK_K / GROUP_K whole groups per tile: scales and zeros [BLOCK_N, groups]
+            offs_g = (k0 * BLOCK_K) // GROUP_K + tl.arange(0, BLOCK_K // GROUP_K)
+            sz_offs = expert * stride_bse + offs_n[:, None] * stride_bsn + offs_g[None, :] * stride_bsk
+            scale = tl.load(b_scale_ptr + sz_offs, mask=n_mask[:, None], other=0.0).to(tl.float32)
+            zero = tl.load(b_zero_ptr + sz_offs, mask=n_mask[:, None], other=0).to(tl.float32)
+            w3 = magic.reshape(BLOCK_N, BLOCK_K // GROUP_K, GROUP_K)
+            w = ((w3 - (zero + 8388608.0)[:, :, None]) * scale[:, :, None]).reshape(BLOCK_N, BLOCK_K).to(a.dtype)
+        else:  # one quantization group per tile (BLOCK_K divides GROUP_K): scale and zero per row
+            group_idx = (k0 * BLOCK_K) // GROUP_K
+            scale = tl.load(b_scale_ptr + expert * stride_bse + offs_n * stride_bsn + group_idx * stride_bsk,
+                            mask=n_mask, other=0.0).to(tl.float32)
+            zero = tl.load(b_zero_ptr + expert * stride_bse + offs_n * stride_bsn + group_idx * stride_bsk,
+                           mask=n_mask, other=0).to(tl.float32)
+            w = ((magic - (zero + 8388608.0)[:, None]) * scale[:, None]).to(a.dtype)
         acc = _dot_acc(a, tl.trans(w), acc, DOT_UPCAST)
     # -- epilogue ------------------------------------------------------------------------------
     if HAS_BIAS:

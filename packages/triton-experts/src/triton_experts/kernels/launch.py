@@ -29,6 +29,14 @@ def _dummies(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return _DUMMIES[device]
 
 
+def fits_group(block_k: int, group: int) -> bool:
+    """BLOCK_K divides the quantization group, or holds a power of two of whole groups."""
+    if group % block_k == 0:
+        return True
+    q, r = divmod(block_k, group)
+    return r == 0 and q & (q - 1) == 0
+
+
 def triton_cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 
@@ -65,8 +73,9 @@ def plan_gemm(*, variant: str, weight: torch.Tensor, scale: torch.Tensor | None,
     if meta["k_granule"] and meta["k_granule"] % bk:
         raise ValueError(f"{variant}: BLOCK_K={bk} must divide the {meta['k_granule']}-wide scale groups")
     packed_or_grouped = meta["b"] in ("int_group", "mxfp4")
-    if meta["b"] == "int_group" and group_k % bk:
-        raise ValueError(f"{variant}: BLOCK_K={bk} must divide the quantization group {group_k}")
+    if meta["b"] == "int_group" and not fits_group(bk, group_k):
+        raise ValueError(f"{variant}: BLOCK_K={bk} must divide the quantization group {group_k} or be a "
+                         "power-of-two multiple of it")
     if packed_or_grouped and k % bk:
         raise ValueError(f"{variant}: BLOCK_K={bk} must divide K={k}")
     dummy, dummy_u8 = _dummies(weight.device)
