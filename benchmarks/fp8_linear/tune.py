@@ -32,11 +32,16 @@ from _common import MS, ROOT, SHAPES, bench_us, cublas_peer, make_operands, rel_
 CONFIG_DIR = ROOT / "packages" / "fp8-linear" / "src" / "fp8_linear" / "configs"
 
 
-def candidates(m: int, n: int, k: int, sms: int, previous=None):
-    """Configs worth timing at this M (the previously tuned one and the heuristic's first)."""
+def candidates(m: int, n: int, k: int, sms: int, previous=None, search: str = "all"):
+    """Configs worth timing at this M (the previously tuned one and the heuristic's first).
+
+    ``search``: "all" every M; "large" the search only at M >= 1024 (elsewhere the previous
+    config, else the heuristic's); "none" no search."""
     from fp8_linear.tuned import GemmConfig, heuristic_config
 
     out = ([previous] if previous is not None else []) + [heuristic_config(m, n, k, group_k=128, num_sms=sms)]
+    if search == "none" or (search == "large" and m < 1024):
+        return out[:1]
     k_iters = k // 128
     if m <= 64:
         bm = max(16, 1 << max(0, (m - 1).bit_length()))
@@ -56,10 +61,13 @@ def candidates(m: int, n: int, k: int, sms: int, previous=None):
                         out.append(GemmConfig(block_m=bm, block_n=bn, block_k=128, group_m=8, split_k=split,
                                               num_warps=4, num_stages=4, k_unroll=unroll))
     else:
-        for bm, bn, warps, stages in ((64, 128, 4, 3), (64, 128, 4, 4), (128, 128, 8, 3), (128, 128, 8, 4),
-                                      (128, 64, 4, 3), (128, 256, 8, 3), (256, 128, 8, 3)):
-            out.append(GemmConfig(block_m=bm, block_n=bn, block_k=128, group_m=8, num_warps=warps, num_stages=stages))
-        out.append(GemmConfig(block_m=128, block_n=128, block_k=128, group_m=8, num_warps=8, num_stages=3, k_unroll=2))
+        if search == "all":
+            for bm, bn, warps, stages in ((64, 128, 4, 3), (64, 128, 4, 4), (128, 128, 8, 3), (128, 128, 8, 4),
+                                          (128, 64, 4, 3), (128, 256, 8, 3), (256, 128, 8, 3)):
+                out.append(GemmConfig(block_m=bm, block_n=bn, block_k=128, group_m=8, num_warps=warps,
+                                      num_stages=stages))
+            out.append(GemmConfig(block_m=128, block_n=128, block_k=128, group_m=8, num_warps=8, num_stages=3,
+                                  k_unroll=2))
         # the persistent TMA-descriptor kernel: larger tiles, more stages, warp specialization
         for bm, bn, warps, stages, ws in ((128, 128, 8, 3, 0), (128, 128, 8, 4, 0), (128, 128, 8, 3, 1),
                                           (128, 128, 4, 3, 1), (128, 256, 8, 3, 0), (128, 256, 8, 3, 1),
@@ -74,7 +82,8 @@ def candidates(m: int, n: int, k: int, sms: int, previous=None):
     return unique
 
 
-def tune_shape(n: int, k: int, ms: tuple[int, ...], deadline: float, log, previous: dict | None = None) -> dict:
+def tune_shape(n: int, k: int, ms: tuple[int, ...], deadline: float, log, previous: dict | None = None,
+               search: str = "all") -> dict:
     import fp8_linear
     from fp8_linear.kernels.cublas import cublas_gemm
     from fp8_linear.kernels.triton_gemm import triton_gemm
@@ -99,7 +108,7 @@ def tune_shape(n: int, k: int, ms: tuple[int, ...], deadline: float, log, previo
         t_cub = bench_us([lambda c=c: cublas_gemm(*c, api=api) for c in as_col])
         prior = GemmConfig.from_json(old[str(m)]) if str(m) in old else None
         best = None
-        for i, cfg in enumerate(candidates(m, n, k, sms, prior)):
+        for i, cfg in enumerate(candidates(m, n, k, sms, prior, search)):
             if i > 1 and time.time() > deadline:  # past the budget: the previous and the heuristic's config only
                 break
             try:
@@ -134,6 +143,9 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=420.0,
                         help="after this many seconds only the previous and the heuristic config are timed")
     parser.add_argument("--out", default=str(CONFIG_DIR))
+    parser.add_argument("--search", choices=("all", "large", "none"), default="all",
+                        help="'large': search configs only at M >= 1024 (the previous config elsewhere); 'none': "
+                             "time the previous configs only (refreshes the dispatch table)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("tuning needs a CUDA GPU")
@@ -160,7 +172,7 @@ def main() -> None:
         if previous is None:  # the package's shipped file as the starting point
             shipped = CONFIG_DIR / path.name
             previous = json.loads(shipped.read_text()) if shipped.is_file() else None
-        result = tune_shape(n, k, ms, deadline, lambda line: print(line, flush=True), previous)
+        result = tune_shape(n, k, ms, deadline, lambda line: print(line, flush=True), previous, args.search)
         if not result["configs"]:
             continue
         configs = {**(previous or {}).get("configs", {}), **result["configs"]}
