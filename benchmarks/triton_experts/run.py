@@ -207,15 +207,17 @@ def main() -> None:
     device = torch.cuda.get_device_name()
     print(f"device {device}, torch {torch.__version__}, triton {triton.__version__}, copy bandwidth {bw / 1e12:.2f} TB/s")
     rows = []
-    for name in args.models.split(","):
-        rows += bench_model(name, MODELS[name], args.schemes.split(","), [int(m) for m in args.m.split(",")], bw)
     RESULTS.mkdir(exist_ok=True)
     out = args.out or RESULTS / f"triton_experts-{args.models.replace(',', '_')}-{device.replace(' ', '_')}.json"
-    out.write_text(json.dumps({"device": device, "torch": torch.__version__, "triton": triton.__version__,
-                               "python": platform.python_version(), "copy_bandwidth_Bps": bw, "rows": rows},
-                              indent=1))
-    if os.environ.get("OUT"):
-        (Path(os.environ["OUT"]) / out.name).write_text(out.read_text())
+    for name in args.models.split(","):
+        for scheme in args.schemes.split(","):
+            rows += bench_model(name, MODELS[name], [scheme], [int(m) for m in args.m.split(",")], bw)
+            # written after every model and scheme, so a run cut short keeps what it measured
+            out.write_text(json.dumps({"device": device, "torch": torch.__version__, "triton": triton.__version__,
+                                       "python": platform.python_version(), "copy_bandwidth_Bps": bw,
+                                       "rows": rows}, indent=1))
+            if os.environ.get("OUT"):
+                (Path(os.environ["OUT"]) / out.name).write_text(out.read_text())
     print(f"results: {out}")
 
 

@@ -77,6 +77,9 @@ def _next_pow2(x: int) -> int:
     return 1 << max(0, (x - 1).bit_length())
 
 
+_FUSED = None
+
+
 def align_by_expert_triton(topk_ids: torch.Tensor, *, num_local_experts: int, num_experts: int, block_m: int,
                            expert_map: torch.Tensor | None = None) -> Alignment:
     """:func:`align_by_expert` in two Triton launches (one buffer, no host synchronization).
@@ -84,8 +87,12 @@ def align_by_expert_triton(topk_ids: torch.Tensor, *, num_local_experts: int, nu
     Also drops ids ``>= num_experts`` (global). Inside an expert's run the rows come in arbitrary
     order (atomics); the set of rows per block-run is the same as the torch version's.
     """
-    from .kernels.fused import align_count, align_scatter
+    global _FUSED
+    if _FUSED is None:
+        from .kernels import fused
 
+        _FUSED = fused
+    align_count, align_scatter = _FUSED.align_count, _FUSED.align_scatter
     flat = topk_ids.reshape(-1)
     num_valid = flat.numel()
     e = num_local_experts

@@ -22,7 +22,7 @@ from moe_oracle.reference.activation_quant import quantize_activation
 from quantkeys import SCHEMES, Granularity, PlatformKind, QuantDType, QuantKey
 
 from .align import align_by_expert_triton
-from .kernels.launch import GemmPlan
+from .kernels.launch import GemmPlan, run_gemm
 from .layout import LAYOUT
 from .tuning import LaunchConfig, get_config
 
@@ -202,9 +202,6 @@ class TritonExperts(Experts):
 
     def forward(self, *, hidden_states: torch.Tensor, topk_weights: torch.Tensor,
                 topk_ids: torch.Tensor) -> torch.Tensor:
-        from .kernels.fused import ACT_NONE
-        from .kernels.launch import run_gemm
-
         device = hidden_states.device
         if self._device != device:
             self._to(device)
@@ -222,7 +219,7 @@ class TritonExperts(Experts):
         elif self._q13 is not None:
             if hidden_states.stride(1) != 1:
                 hidden_states = hidden_states.contiguous()
-            x, x_scale = _act_quant(hidden_states, ACT_NONE, self._q13, out_dtype=hidden_states.dtype)
+            x, x_scale = _act_quant(hidden_states, 0, self._q13, out_dtype=hidden_states.dtype)
         else:
             x, x_scale = self._quantize(hidden_states, self.quant.a13.key, self.quant.a13.scale)
         # GEMM1; rows outside the alignment stay unwritten, and only row-local steps read them
@@ -280,16 +277,16 @@ def _fused_quant(key: QuantKey | None, static: torch.Tensor | None) -> tuple[str
 
 def _act_quant(x: torch.Tensor, act: int, quant: tuple[str, int], *, out_dtype: torch.dtype
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    from .kernels.fused import GATED, Q_FP8_GROUP, Q_NONE, act_quant
-
+    fused = _fused()
+    act_quant = fused.act_quant
     rows = x.shape[0]
-    width = x.shape[1] // 2 if act in GATED else x.shape[1]
+    width = x.shape[1] // 2 if act in fused.GATED else x.shape[1]
     kind, group = quant
     if kind == "none":
         q = torch.empty(rows, width, device=x.device, dtype=out_dtype)
         block = min(1024, _next_pow2(width))
         act_quant[(rows, (width + block - 1) // block)](x, q, q, width, x.stride(0), q.stride(0), 0, ACT=act,
-                                                       QUANT=Q_NONE, GROUP=1, BLOCK=block, EVEN=width % block == 0)
+                                                       QUANT=fused.Q_NONE, GROUP=1, BLOCK=block, EVEN=width % block == 0)
         return q, None
     q = torch.empty(rows, width, device=x.device, dtype=torch.float8_e4m3fn)
     if group:
@@ -299,15 +296,14 @@ def _act_quant(x: torch.Tensor, act: int, quant: tuple[str, int], *, out_dtype: 
         block = group = _next_pow2(width)
         scale = torch.empty(rows, 1, device=x.device, dtype=torch.float32)
     act_quant[(rows, (width + block - 1) // block)](x, q, scale, width, x.stride(0), q.stride(0), scale.stride(0),
-                                                   ACT=act, QUANT=Q_FP8_GROUP, GROUP=group, BLOCK=block,
+                                                   ACT=act, QUANT=fused.Q_FP8_GROUP, GROUP=group, BLOCK=block,
                                                    EVEN=width % block == 0, num_warps=4)
     return q, scale
 
 
 def _reduce(y: torch.Tensor, topk_ids: torch.Tensor, expert_map: torch.Tensor | None, *, m: int, top_k: int,
             h: int, num_experts: int, num_local: int, dtype: torch.dtype) -> torch.Tensor:
-    from .kernels.fused import reduce_topk
-
+    reduce_topk = _fused().reduce_topk
     out = torch.empty(m, h, device=y.device, dtype=dtype)
     block = min(1024, _next_pow2(h))
     ids = topk_ids if topk_ids.is_contiguous() else topk_ids.contiguous()
@@ -315,6 +311,19 @@ def _reduce(y: torch.Tensor, topk_ids: torch.Tensor, expert_map: torch.Tensor | 
                                                y.stride(0), out.stride(0), num_experts, num_local, TOP_K=top_k,
                                                HAS_MAP=expert_map is not None, BLOCK=block, num_warps=4)
     return out
+
+
+_FUSED = None
+
+
+def _fused():
+    """triton_experts.kernels.fused, imported on first use (this module must import without Triton)."""
+    global _FUSED
+    if _FUSED is None:
+        from .kernels import fused
+
+        _FUSED = fused
+    return _FUSED
 
 
 def _next_pow2(x: int) -> int:
