@@ -32,7 +32,7 @@ from _common import MS, ROOT, SHAPES, bench_us, cublas_peer, make_operands, rel_
 CONFIG_DIR = ROOT / "packages" / "fp8-linear" / "src" / "fp8_linear" / "configs"
 
 
-def candidates(m: int, n: int, k: int, sms: int, previous=None, search: str = "all"):
+def candidates(m: int, n: int, k: int, sms: int, previous=None, search: str = "all", tma: bool = False):
     """Configs worth timing at this M (the previously tuned one and the heuristic's first).
 
     ``search``: "all" every M; "large" the search only at M >= 1024 (elsewhere the previous
@@ -68,8 +68,10 @@ def candidates(m: int, n: int, k: int, sms: int, previous=None, search: str = "a
                                       num_stages=stages))
             out.append(GemmConfig(block_m=128, block_n=128, block_k=128, group_m=8, num_warps=8, num_stages=3,
                                   k_unroll=2))
-        # the persistent TMA-descriptor kernel: larger tiles, more stages, warp specialization
-        for bm, bn, warps, stages, ws in ((128, 128, 8, 3, 0), (128, 128, 8, 4, 0), (128, 128, 8, 3, 1),
+        # the persistent TMA-descriptor kernel: larger tiles, more stages, warp specialization. Off by
+        # default: both H100 runs (2026-11-24) stalled at the first M >= 1024 candidate set holding them
+        # (no output for > 60 s, killed by the time limit); which config stalls is not isolated yet.
+        for bm, bn, warps, stages, ws in () if not tma else ((128, 128, 8, 3, 0), (128, 128, 8, 4, 0), (128, 128, 8, 3, 1),
                                           (128, 128, 4, 3, 1), (128, 256, 8, 3, 0), (128, 256, 8, 3, 1),
                                           (256, 128, 8, 3, 0), (64, 128, 4, 4, 0)):
             out.append(GemmConfig(block_m=bm, block_n=bn, block_k=128, group_m=8, num_warps=warps,
@@ -83,7 +85,7 @@ def candidates(m: int, n: int, k: int, sms: int, previous=None, search: str = "a
 
 
 def tune_shape(n: int, k: int, ms: tuple[int, ...], deadline: float, log, previous: dict | None = None,
-               search: str = "all") -> dict:
+               search: str = "all", tma: bool = False) -> dict:
     import fp8_linear
     from fp8_linear.kernels.cublas import cublas_gemm
     from fp8_linear.kernels.triton_gemm import triton_gemm
@@ -108,9 +110,10 @@ def tune_shape(n: int, k: int, ms: tuple[int, ...], deadline: float, log, previo
         t_cub = bench_us([lambda c=c: cublas_gemm(*c, api=api) for c in as_col])
         prior = GemmConfig.from_json(old[str(m)]) if str(m) in old else None
         best = None
-        for i, cfg in enumerate(candidates(m, n, k, sms, prior, search)):
+        for i, cfg in enumerate(candidates(m, n, k, sms, prior, search, tma)):
             if i > 1 and time.time() > deadline:  # past the budget: the previous and the heuristic's config only
                 break
+            log(f"    M={m} trying {cfg} ({time.time() - deadline:+.0f} s from the deadline)")
             try:
                 got = triton_gemm(*checked[0], config=cfg, options=options)
                 if rel_err(got, expected) > 1e-2:
@@ -146,6 +149,8 @@ def main() -> None:
     parser.add_argument("--search", choices=("all", "large", "none"), default="all",
                         help="'large': search configs only at M >= 1024 (the previous config elsewhere); 'none': "
                              "time the previous configs only (refreshes the dispatch table)")
+    parser.add_argument("--tma", action="store_true",
+                        help="also try the persistent TMA kernel at M >= 1024 (stalled the tuner on the H100 once)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("tuning needs a CUDA GPU")
@@ -172,7 +177,8 @@ def main() -> None:
         if previous is None:  # the package's shipped file as the starting point
             shipped = CONFIG_DIR / path.name
             previous = json.loads(shipped.read_text()) if shipped.is_file() else None
-        result = tune_shape(n, k, ms, deadline, lambda line: print(line, flush=True), previous, args.search)
+        result = tune_shape(n, k, ms, deadline, lambda line: print(line, flush=True), previous, args.search,
+                            args.tma)
         if not result["configs"]:
             continue
         configs = {**(previous or {}).get("configs", {}), **result["configs"]}
