@@ -1,5 +1,5 @@
 """Group (token, slot) rows by expert for the grouped GEMM (no host synchronization): torch
-(:func:`align_by_expert`) and two Triton launches (:func:`align_by_expert_triton`, what the experts use).
+(:func:`align_by_expert`) and one Triton launch (:func:`align_by_expert_triton`, what the experts use).
 
 ``align_by_expert(topk_ids, num_local_experts=, block_m=, expert_map=)`` flattens ``topk_ids``
 ``[M, k]`` into ``M * k`` slot rows, maps global ids to local ones (``expert_map``: -1 = not on
@@ -82,7 +82,7 @@ _FUSED = None
 
 def align_by_expert_triton(topk_ids: torch.Tensor, *, num_local_experts: int, num_experts: int, block_m: int,
                            expert_map: torch.Tensor | None = None) -> Alignment:
-    """:func:`align_by_expert` in two Triton launches (one buffer, no host synchronization).
+    """:func:`align_by_expert` in one Triton launch (one buffer, no host synchronization).
 
     Also drops ids ``>= num_experts`` (global). Inside an expert's run the rows come in arbitrary
     order (atomics); the set of rows per block-run is the same as the torch version's.
@@ -92,7 +92,7 @@ def align_by_expert_triton(topk_ids: torch.Tensor, *, num_local_experts: int, nu
         from .kernels import fused
 
         _FUSED = fused
-    align_count, align_scatter = _FUSED.align_count, _FUSED.align_scatter
+    align_rows = _FUSED.align_rows
     flat = topk_ids.reshape(-1)
     num_valid = flat.numel()
     e = num_local_experts
@@ -104,13 +104,9 @@ def align_by_expert_triton(topk_ids: torch.Tensor, *, num_local_experts: int, nu
     expert_ids = buf[cap:cap + num_blocks]
     num_post_padded = buf[cap + num_blocks:cap + num_blocks + 1]
     cursor = buf[cap + num_blocks + 1:]
-    emap = expert_map if expert_map is not None else cursor
-    align_count[(1,)](flat, emap, sorted_ids, expert_ids, num_post_padded, cursor, num_valid, cap, num_blocks,
-                      num_experts, e, HAS_MAP=expert_map is not None, BLOCK_M=block_m, NB=nb, BLOCK=1024,
-                      BLOCK_B=max(1, min(64, 16384 // nb)), num_warps=8)
-    if num_valid:
-        align_scatter[(triton_cdiv(num_valid, 1024),)](flat, emap, sorted_ids, cursor, num_valid, num_experts, e,
-                                                       HAS_MAP=expert_map is not None, BLOCK=1024, num_warps=4)
+    align_rows[(1,)](flat, expert_map if expert_map is not None else cursor, sorted_ids, expert_ids, num_post_padded,
+                     cursor, num_valid, cap, num_blocks, num_experts, e, HAS_MAP=expert_map is not None,
+                     BLOCK_M=block_m, NB=nb, BLOCK=1024, BLOCK_B=max(1, min(64, 16384 // nb)), num_warps=8)
     return Alignment(sorted_ids=sorted_ids, expert_ids=expert_ids, num_post_padded=num_post_padded,
                      num_valid=num_valid, block_m=block_m)
 

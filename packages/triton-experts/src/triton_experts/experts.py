@@ -1,8 +1,8 @@
 """TritonExperts: fused-MoE Triton kernels behind the moe-oracle experts contract.
 
-Flow per forward (6-7 launches, no host synchronization, per-M decisions cached): group the
-(token, slot) rows by local expert (:func:`triton_experts.align.align_by_expert_triton`, 2
-launches), quantize the input per the scheme's activation key (fused kernel; torch for keys it
+Flow per forward (5-6 launches, no host synchronization, per-M decisions cached): group the
+(token, slot) rows by local expert (:func:`triton_experts.align.align_by_expert_triton`, 1
+launch), quantize the input per the scheme's activation key (fused kernel; torch for keys it
 does not serve), GEMM1 (+bias) into float32 ``[M * k, 2I]``, the activation fused with the
 quantization of its output, GEMM2 (+bias) with the top-k weight folded into its epilogue into
 ``[M * k, H]``, and a sum over the k slots into the output dtype. Slots of other ranks' experts,

@@ -1,7 +1,7 @@
 """The small kernels around the grouped GEMMs (scheme independent, so written by hand).
 
-* ``align_count`` + ``align_scatter``: group the (token, slot) rows by local expert in two
-  launches and no host synchronization (the Triton form of :func:`triton_experts.align.align_by_expert`;
+* ``align_rows``: group the (token, slot) rows by local expert in one launch and no host
+  synchronization (the Triton form of :func:`triton_experts.align.align_by_expert`;
   rows of one expert land in arbitrary order inside its run, which no result depends on).
 * ``act_quant``: the expert activation (or none) fused with the dynamic activation quantization
   of the next GEMM's input (fp8 e4m3 per 1xG group or per token, or a plain cast).
@@ -35,12 +35,13 @@ def _local_expert(g, emap_ptr, mask, E_GLOBAL, E_LOCAL, HAS_MAP: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["num_valid", "cap", "num_blocks"])
-def align_count(ids_ptr, emap_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, cursor_ptr,
-                num_valid, cap, num_blocks, E_GLOBAL, E_LOCAL,
-                HAS_MAP: tl.constexpr, BLOCK_M: tl.constexpr, NB: tl.constexpr, BLOCK: tl.constexpr,
-                BLOCK_B: tl.constexpr):
-    """One program: per-expert counts, padded run starts (into ``cursor``), the expert of every
-    BLOCK_M block (-1 past the end), the padded length, and ``sorted_ids`` filled with the sentinel."""
+def align_rows(ids_ptr, emap_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, cursor_ptr,
+               num_valid, cap, num_blocks, E_GLOBAL, E_LOCAL,
+               HAS_MAP: tl.constexpr, BLOCK_M: tl.constexpr, NB: tl.constexpr, BLOCK: tl.constexpr,
+               BLOCK_B: tl.constexpr):
+    """One program, one launch: per-expert counts, padded run starts (into ``cursor``), the expert
+    of every BLOCK_M block (-1 past the end), the padded length, ``sorted_ids`` filled with the
+    sentinel; then every kept row takes the next slot of its expert's run (an atomic cursor)."""
     counts = tl.zeros((NB,), dtype=tl.int32)
     for start in range(0, num_valid, BLOCK):
         offs = start + tl.arange(0, BLOCK)
@@ -64,19 +65,15 @@ def align_count(ids_ptr, emap_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_padd
     for start in range(0, cap, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         tl.store(sorted_ids_ptr + offs, tl.zeros((BLOCK,), dtype=tl.int32) + num_valid, mask=offs < cap)
-
-
-@triton.jit(do_not_specialize=["num_valid"])
-def align_scatter(ids_ptr, emap_ptr, sorted_ids_ptr, cursor_ptr, num_valid, E_GLOBAL, E_LOCAL,
-                  HAS_MAP: tl.constexpr, BLOCK: tl.constexpr):
-    """Each kept row takes the next slot of its expert's run (an atomic cursor per expert)."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < num_valid
-    g = tl.load(ids_ptr + offs, mask=mask, other=-1).to(tl.int32)
-    local = _local_expert(g, emap_ptr, mask, E_GLOBAL, E_LOCAL, HAS_MAP)
-    keep = local >= 0
-    slot = tl.atomic_add(cursor_ptr + tl.where(keep, local, 0), 1, mask=keep)
-    tl.store(sorted_ids_ptr + slot, offs, mask=keep)
+    tl.debug_barrier()  # the cursors and the sentinel fill before any row is placed (one CTA)
+    for start in range(0, num_valid, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        mask = offs < num_valid
+        g = tl.load(ids_ptr + offs, mask=mask, other=-1).to(tl.int32)
+        local = _local_expert(g, emap_ptr, mask, E_GLOBAL, E_LOCAL, HAS_MAP)
+        keep = local >= 0
+        slot = tl.atomic_add(cursor_ptr + tl.where(keep, local, 0), 1, mask=keep)
+        tl.store(sorted_ids_ptr + slot, offs, mask=keep)
 
 
 @triton.jit
