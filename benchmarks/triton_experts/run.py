@@ -135,7 +135,7 @@ def bench_model(name: str, dims: dict, schemes: list[str], ms: list[int], bw: fl
                     with torch.cuda.graph(graph):
                         fn()
                     row_graph_ms = triton.testing.do_bench(graph.replay, warmup=25, rep=100, return_mode="median")
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     row_graph_ms = None
                     print(f"  graph capture failed: {type(exc).__name__}: {str(exc)[:100]}", flush=True)
             else:
@@ -187,7 +187,7 @@ def bench_model(name: str, dims: dict, schemes: list[str], ms: list[int], bw: fl
                   f"{row['weight_gbps']:7.0f} GB/s floor {row['floor_us']:8.1f} us x{row['over_floor']:5.2f} | "
                   f"{row['peer']}: {row.get('peer_us', float('nan')):9.1f} us ratio {row.get('peer_over_ours', float('nan')):5.2f}"
                   f"{' ' + row['peer_error'] if 'peer_error' in row else ''}"
-                  f"{' | graph %.1f us x%.2f' % (row['graph_us'], row['graph_over_floor']) if 'graph_us' in row else ''}"
+                  f"{' | graph {:.1f} us x{:.2f}'.format(row['graph_us'], row['graph_over_floor']) if 'graph_us' in row else ''}"
                   f" | tuned {row['tuned']}", flush=True)
         kernel = None  # free the experts before the next scheme
         torch.cuda.empty_cache()

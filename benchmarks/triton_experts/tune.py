@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import MODELS, make_weights, routing  # noqa: E402
+from run import MODELS, make_weights, routing
 
-from triton_experts.tuning import CONFIG_DIR, LaunchConfig, file_name  # noqa: E402
+from triton_experts.tuning import CONFIG_DIR, LaunchConfig, file_name
 
 BYTES = {"bf16": 2, "fp8_block": 1, "int4_w4a16": 2}  # bytes per element of the tiles in shared memory
 SMEM = 200 * 1024
@@ -112,7 +112,7 @@ def _compile_worker(model: str, scheme: str, work: list[tuple[str, LaunchConfig]
         try:
             _time(ex, name, gemms[name], scheme, ids, k, cfg, rep=0)
             ok += 1
-        except Exception:  # noqa: BLE001  (a config the compiler rejects is skipped later too)
+        except Exception:
             pass
     return ok
 
@@ -159,7 +159,7 @@ def main() -> None:
                     for cfg in plan[(m, name)]:
                         try:
                             ms_ = _time(ex, name, gemm, scheme, ids, k, cfg, args.rep)
-                        except Exception as exc:  # noqa: BLE001  (shared memory and the like)
+                        except Exception as exc:
                             print(f"  skip {cfg}: {type(exc).__name__}", flush=True)
                             continue
                         if best is None or ms_ < best[0]:

@@ -9,7 +9,6 @@ import torch
 
 from triton_experts.align import Alignment, align_by_expert, align_by_expert_triton
 
-
 CASES = [(1, 1, 4, 16), (7, 2, 4, 16), (33, 8, 16, 32), (5, 3, 64, 16), (300, 8, 256, 64)]
 
 

@@ -250,7 +250,14 @@ class Experts(ABC):
             if list(t.shape) != expected:
                 raise ValueError(f"{name} must be {expected} (tokens x top_k), got {list(t.shape)}")
         if m and topk_ids.numel():
-            top = int(topk_ids.max())
-            if top >= cfg.num_experts:
-                raise ValueError(f"topk_ids holds expert id {top}; valid ids are 0..{cfg.num_experts - 1} "
-                                 "(negative ids mark padding slots)")
+            if topk_ids.device.type == "cpu":
+                top = int(topk_ids.max())
+                if top >= cfg.num_experts:
+                    raise ValueError(f"topk_ids holds expert id {top}; valid ids are 0..{cfg.num_experts - 1} "
+                                     "(negative ids mark padding slots)")
+            else:
+                # No host synchronization on an accelerator (and CUDA-graph safe): a device-side
+                # assertion, which fails the stream (and the next synchronizing call) loudly.
+                torch._assert_async(topk_ids.max() < cfg.num_experts,
+                                    f"topk_ids holds an expert id >= {cfg.num_experts}; valid ids are "
+                                    f"0..{cfg.num_experts - 1} (negative ids mark padding slots)")

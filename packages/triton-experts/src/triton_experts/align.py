@@ -13,7 +13,9 @@ for the GPU: blocks past the real padded length carry expert -1 and the kernels 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -77,7 +79,12 @@ def _next_pow2(x: int) -> int:
     return 1 << max(0, (x - 1).bit_length())
 
 
-_FUSED = None
+@functools.cache
+def fused_kernels() -> Any:
+    """triton_experts.kernels.fused, imported on first use (this package must import without Triton)."""
+    from .kernels import fused
+
+    return fused
 
 
 def align_by_expert_triton(topk_ids: torch.Tensor, *, num_local_experts: int, num_experts: int, block_m: int,
@@ -87,12 +94,7 @@ def align_by_expert_triton(topk_ids: torch.Tensor, *, num_local_experts: int, nu
     Also drops ids ``>= num_experts`` (global). Inside an expert's run the rows come in arbitrary
     order (atomics); the set of rows per block-run is the same as the torch version's.
     """
-    global _FUSED
-    if _FUSED is None:
-        from .kernels import fused
-
-        _FUSED = fused
-    align_rows = _FUSED.align_rows
+    align_rows = fused_kernels().align_rows
     flat = topk_ids.reshape(-1)
     num_valid = flat.numel()
     e = num_local_experts

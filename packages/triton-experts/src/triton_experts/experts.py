@@ -6,14 +6,15 @@ launch), quantize the input per the scheme's activation key (fused kernel; torch
 does not serve), GEMM1 (+bias) into float32 ``[M * k, 2I]``, the activation fused with the
 quantization of its output, GEMM2 (+bias) with the top-k weight folded into its epilogue into
 ``[M * k, H]``, and a sum over the k slots into the output dtype. Slots of other ranks' experts,
-padding slots (negative ids) and, on a GPU, ids past the expert count are never computed and add zero.
+padding slots (negative ids) are never computed and add zero; ids past the expert count are refused
+by the base class's checks (on a GPU by a device-side assertion, without a host synchronization).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -21,7 +22,7 @@ from moe_oracle import Activation, Capabilities, Experts, MoEConfig, Platform, R
 from moe_oracle.reference.activation_quant import quantize_activation
 from quantkeys import SCHEMES, Granularity, PlatformKind, QuantDType, QuantKey
 
-from .align import align_by_expert_triton
+from .align import align_by_expert_triton, fused_kernels
 from .kernels.launch import GemmPlan, run_gemm
 from .layout import LAYOUT
 from .tuning import LaunchConfig, get_config
@@ -142,28 +143,6 @@ class TritonExperts(Experts):
             self.expert_map = self.expert_map.to(device=device, dtype=torch.int32)
         self._device = device
         self._plans.clear()
-
-    def validate_inputs(self, *, hidden_states: torch.Tensor, topk_weights: torch.Tensor,
-                        topk_ids: torch.Tensor) -> None:
-        """The base checks without the host synchronization of the expert-id range check on a GPU:
-        there, ids ``>= num_experts`` are dropped by the kernels (they add 0) instead of raising."""
-        cfg = self.config
-        if hidden_states.dim() != 2 or hidden_states.shape[1] != cfg.hidden_size:
-            raise ValueError(f"hidden_states must be [M, {cfg.hidden_size}], got {list(hidden_states.shape)}")
-        if hidden_states.dtype != cfg.in_dtype:
-            raise ValueError(f"hidden_states dtype {hidden_states.dtype}, the layer was built for {cfg.in_dtype}")
-        if topk_ids.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"topk_ids must be int32 or int64, got {topk_ids.dtype} (were topk_weights and topk_ids "
-                             "swapped?)")
-        if not topk_weights.is_floating_point():
-            raise ValueError(f"topk_weights must be floating point, got {topk_weights.dtype}")
-        m = hidden_states.shape[0]
-        if topk_ids.dim() != 2 or topk_ids.shape[0] != m or topk_ids.shape[1] != cfg.top_k:
-            raise ValueError(f"topk_ids must be {[m, cfg.top_k]} (tokens x top_k), got {list(topk_ids.shape)}")
-        if topk_weights.shape != topk_ids.shape:
-            raise ValueError(f"topk_weights must be {[m, cfg.top_k]} (tokens x top_k), got {list(topk_weights.shape)}")
-        if topk_ids.device.type == "cpu" and m:
-            super().validate_inputs(hidden_states=hidden_states, topk_weights=topk_weights, topk_ids=topk_ids)
 
     def _call_plan(self, m: int, top_k: int, device: torch.device) -> _CallPlan:
         """Configs and frozen GEMM launches for M tokens (cached per M)."""
@@ -313,17 +292,8 @@ def _reduce(y: torch.Tensor, topk_ids: torch.Tensor, expert_map: torch.Tensor | 
     return out
 
 
-_FUSED = None
-
-
-def _fused():
-    """triton_experts.kernels.fused, imported on first use (this module must import without Triton)."""
-    global _FUSED
-    if _FUSED is None:
-        from .kernels import fused
-
-        _FUSED = fused
-    return _FUSED
+def _fused() -> Any:
+    return fused_kernels()
 
 
 def _next_pow2(x: int) -> int:

@@ -108,7 +108,7 @@ def act_quant(x_ptr, q_ptr, s_ptr, WIDTH, stride_xm, stride_qm, stride_sm,
         x = tl.load(x_row + cols).to(tl.float32)
     else:
         x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
-    if ACT == 1 or ACT == 2 or ACT == 3 or ACT == 4:
+    if ACT == 1 or ACT == 2 or ACT == 3 or ACT == 4:  # noqa: PLR1714 (constexpr compares in a Triton kernel)
         if EVEN:
             up = tl.load(x_row + WIDTH + cols).to(tl.float32)
         else:
@@ -163,7 +163,8 @@ def reduce_topk(y_ptr, ids_ptr, emap_ptr, out_ptr, H, stride_ym, stride_om, E_GL
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
     for j in tl.static_range(TOP_K):
         g = tl.load(ids_ptr + t * TOP_K + j).to(tl.int32)
-        local = _local_expert(g, emap_ptr, g == g, E_GLOBAL, E_LOCAL, HAS_MAP)
+        all_true = g == g  # noqa: PLR0124 (a mask of g's shape, all true)
+        local = _local_expert(g, emap_ptr, all_true, E_GLOBAL, E_LOCAL, HAS_MAP)
         width = tl.where(local >= 0, H, 0)  # a skipped slot reads nothing
         acc += tl.load(y_ptr + (t * TOP_K + j) * stride_ym + cols, mask=cols < width, other=0.0)
     tl.store(out_ptr + t * stride_om + cols, acc.to(out_ptr.dtype.element_ty), mask=mask)
