@@ -162,3 +162,64 @@ def test_tiles_of_several_groups(tmp_path, monkeypatch, scheme):
         assert rel(out.cpu(), ref) < BOUND_VS_REFERENCE, scheme
     finally:
         tuning._load.cache_clear()
+
+
+def test_out_of_range_expert_id_is_refused(tmp_path):
+    """On the CPU a ValueError; on a GPU a device-side assertion (no host sync), run in a child
+    process because a device-side assertion ends the process's CUDA context."""
+    e, h, i = 4, 128, 128
+    if not ON_GPU:
+        _, weights, act = _case(tmp_path, "fp8_block", e=e, h=h, i=i, bias=False, seed=2)
+        config = MoEConfig(num_experts=e, top_k=2, hidden_size=h, intermediate_size=i, in_dtype=torch.bfloat16)
+        kernel = make_kernel(weights=weights, config=config, platform=PLATFORM, force="triton")
+        x, tw, ids = _inputs(3, 2, e, h, seed=1)
+        ids[0, 0] = e + 3
+        with pytest.raises(ValueError, match=r"expert id 7; valid ids are 0\.\.3"):
+            kernel(hidden_states=x, topk_weights=tw, topk_ids=ids)
+        return
+    import subprocess
+    import sys
+
+    script = f"""
+import torch, weight_layouts as wl
+from moe_oracle import MoEConfig, Platform, make_kernel
+from weight_layouts.writer import write_tiny_checkpoint
+ckpt = write_tiny_checkpoint({str(tmp_path / 'c')!r}, scheme="fp8_block", num_experts={e}, hidden_size={h},
+                             intermediate_size={i})
+config = MoEConfig(num_experts={e}, top_k=2, hidden_size={h}, intermediate_size={i}, in_dtype=torch.bfloat16)
+kernel = make_kernel(weights=wl.load_experts(ckpt.path, 0).to("cuda"), config=config, platform=Platform.detect(),
+                     force="triton")
+x = torch.randn(3, {h}, device="cuda", dtype=torch.bfloat16)
+ids = torch.tensor([[0, {e} + 3], [1, 2], [3, 0]], device="cuda", dtype=torch.int32)
+kernel(hidden_states=x, topk_weights=torch.rand(3, 2, device="cuda"), topk_ids=ids)
+torch.cuda.synchronize()
+print("NO ERROR")
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "NO ERROR" not in r.stdout, r.stdout + r.stderr
+    assert "device-side assert" in r.stderr or "expert id" in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.cuda_only
+@pytest.mark.skipif(not ON_GPU, reason="CUDA graphs need a GPU")
+def test_forward_replays_from_a_cuda_graph(tmp_path):
+    """Engines capture decode in CUDA graphs: capture needs no host synchronization inside forward."""
+    e, h, i = 8, 256, 128
+    _, weights, _ = _case(tmp_path, "fp8_block", e=e, h=h, i=i, bias=False, seed=6)
+    config = MoEConfig(num_experts=e, top_k=2, hidden_size=h, intermediate_size=i, in_dtype=torch.bfloat16)
+    kernel = make_kernel(weights=weights.to(DEVICE), config=config, platform=PLATFORM, force="triton")
+    x, tw, ids = _inputs(4, 2, e, h, seed=8)
+    eager = kernel(hidden_states=x, topk_weights=tw, topk_ids=ids).clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        kernel(hidden_states=x, topk_weights=tw, topk_ids=ids)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = kernel(hidden_states=x, topk_weights=tw, topk_ids=ids)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    fresh = kernel(hidden_states=x, topk_weights=tw, topk_ids=ids)
+    assert rel(out, fresh) < 1e-6 and rel(eager, fresh) > 0.1  # the replay used the new input
