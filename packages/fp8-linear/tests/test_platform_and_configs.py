@@ -108,9 +108,26 @@ def test_tuned_file_lookup(tmp_path, monkeypatch):
 
 
 def test_shipped_config_files_parse():
-    for path in tuned.CONFIG_DIR.glob("*.json"):
+    for path in tuned.CONFIG_DIR.glob("block-*.json"):
         data = json.loads(path.read_text())
         assert path.name == tuned.config_filename(data["variant"], data["n"], data["k"], tuple(data["block_size"]),
                                                   data["device"])
         for cfg in data["configs"].values():
             GemmConfig.from_json(cfg)
+
+
+def test_shipped_dispatch_tables_parse_and_cover_the_tuned_shapes():
+    from fp8_linear import dispatch
+
+    tables = sorted(tuned.CONFIG_DIR.glob("dispatch-*.json"))
+    configs = sorted(tuned.CONFIG_DIR.glob("block-*.json"))
+    for path in tables:
+        data = json.loads(path.read_text())
+        assert path.name == dispatch.dispatch_filename(data["variant"], tuple(data["block_size"]), data["device"])
+        shapes = dispatch.load_dispatch(data["variant"], tuple(data["block_size"]), data["device"])
+        assert shapes, path.name
+        for (n, k), table in shapes.items():
+            assert n > 0 and k > 0 and table is not None
+        tuned_shapes = {(json.loads(c.read_text())["n"], json.loads(c.read_text())["k"]) for c in configs
+                        if json.loads(c.read_text())["device"] == data["device"]}
+        assert tuned_shapes <= set(shapes), tuned_shapes - set(shapes)
