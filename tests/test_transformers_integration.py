@@ -270,3 +270,32 @@ def test_exporting_a_quantized_model_is_refused(tmp_path, checkpoints):
     qmodel = load_quantized_model(checkpoints["mxfp8"], platform=Platform.parse("cpu"))
     with pytest.raises(IntegrationError, match="already quantized"):
         export_quantized_checkpoint(qmodel, tmp_path / "again", scheme="fp8_block")
+
+
+# -- the demo (the README's first command) ---------------------------------------------------------
+
+
+def test_demo_prints_the_table_ci_checks(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from moe_oracle.cli import main
+
+    assert main(["demo", "--platform", "cpu", "--repeats", "1", "--keep", str(tmp_path / "ckpts")]) == 0
+    text = capsys.readouterr().out
+    log = tmp_path / "demo.log"
+    log.write_text(text)
+    spec = importlib.util.spec_from_file_location("check_demo_output",
+                                                  Path(__file__).resolve().parent.parent / "ci" / "check_demo_output.py")
+    checker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(checker)
+    assert checker.main(str(log)) == 0
+    assert "cpu: reference (ReferenceExperts) <- this machine" in text
+    assert sorted(p.name for p in (tmp_path / "ckpts").iterdir()) == sorted(FORMATS)
+
+
+def test_demo_refuses_unknown_formats(capsys):
+    from moe_oracle.cli import main
+
+    assert main(["demo", "--formats", "fp8_block,nope"]) == 2
+    assert "unknown demo format(s) ['nope']" in capsys.readouterr().err
