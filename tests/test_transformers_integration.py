@@ -207,6 +207,30 @@ def test_swap_into_a_model_you_built(bf16_model, checkpoints):
     assert not any("experts" in n for n, _ in model.named_parameters())  # dense experts released
 
 
+def test_loading_builds_the_dense_experts_on_meta_only(bf16_model, checkpoints, monkeypatch):
+    """load_quantized_model never allocates the dense experts (a 30B model's would not fit), and gives
+    exactly the model one gets by swapping the blocks of a fully built bf16 model."""
+    from transformers.models.qwen3_moe import modeling_qwen3_moe as qwen
+
+    devices = []
+    init = qwen.Qwen3MoeExperts.__init__
+
+    def recording_init(self, config):
+        init(self, config)
+        devices.append(self.gate_up_proj.device.type)
+
+    monkeypatch.setattr(qwen.Qwen3MoeExperts, "__init__", recording_init)
+    loaded = load_quantized_model(checkpoints["int8_w8a8"], platform=Platform.parse("cpu"))
+    assert devices == ["meta", "meta"]
+    monkeypatch.undo()
+    assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
+    swapped = build_demo_model(seed=0)
+    swap_moe_blocks(swapped, checkpoints["int8_w8a8"], platform=Platform.parse("cpu"))
+    tokens = demo_tokens(vocab_size=bf16_model.config.vocab_size)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(tokens).logits, swapped(tokens).logits, rtol=0, atol=0)
+
+
 # -- bad input -------------------------------------------------------------------------------------
 
 

@@ -166,24 +166,61 @@ def load_quantized_model(
     """Build the transformers causal LM of ``checkpoint_dir`` with quantized experts.
 
     The model is built from config.json (``quantization_config`` set aside: transformers does not
-    load these experts, this package does), its non-expert tensors are loaded from the checkpoint
-    (every one must be there, dense), and its MoE blocks are swapped (:func:`swap_moe_blocks`).
-    Note: the model is first built with dense random experts, which are then released; peak memory
-    is that of the dense model in ``dtype``.
+    load these experts, this package does) on the meta device, so its dense experts are never
+    allocated; its MoE blocks are swapped (:func:`swap_moe_blocks`, experts straight onto
+    ``device``, default cpu), then every other parameter and persistent buffer is allocated on
+    ``device`` and loaded from the checkpoint (every one must be there, dense), and non-persistent
+    buffers (rotary tables) are recomputed by building their module again. Peak memory: the
+    quantized experts plus the dense rest of the model.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     raw = dict(read_config(checkpoint_dir))
     arch = architecture_of(raw)
-    raw.pop("quantization_config", None)
-    model_type = raw.pop("model_type")
-    config = AutoConfig.for_model(model_type, **raw)
-    torch.manual_seed(0)  # the dense experts are overwritten; a fixed seed keeps builds reproducible
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    swap_moe_blocks(model, checkpoint_dir, platform=platform, force=force, device=device, progress=progress)
+    config = _transformers_config(raw)
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    swap_moe_blocks(model, checkpoint_dir, platform=platform, force=force, device=target, progress=progress)
+    _materialize(model, config, device=target)
     _load_dense_tensors(model, arch, checkpoint_dir)
-    model.eval()
-    return model.to(device) if device is not None else model
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return model.eval()
+
+
+def _transformers_config(raw: Mapping[str, Any]) -> Any:
+    from transformers import AutoConfig
+
+    kwargs = dict(raw)
+    kwargs.pop("quantization_config", None)
+    return AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
+
+
+def _materialize(model: nn.Module, config: Any, *, device: torch.device) -> None:
+    """Allocate every meta tensor of ``model`` on ``device``: parameters and persistent buffers
+    uninitialized (the checkpoint fills them next), non-persistent buffers by building their module
+    again from ``config``; tensors that already hold data (the swapped experts) are kept."""
+    kept = {(id(m), n): t for m in model.modules() for n, t in [*m._parameters.items(), *m._buffers.items()]
+            if t is not None and not t.is_meta}
+    rebuild = [m for m in model.modules()
+               if any(n in m._non_persistent_buffers_set and t is not None and t.is_meta for n, t in m._buffers.items())]
+    model.to_empty(device=device)
+    for m in model.modules():
+        for store in (m._parameters, m._buffers):
+            for n in list(store):
+                if (id(m), n) in kept:
+                    store[n] = kept[(id(m), n)]
+    for m in rebuild:
+        try:
+            fresh = type(m)(config)
+        except Exception as exc:  # any failure means the buffers cannot be recomputed
+            names = sorted(m._non_persistent_buffers_set)
+            raise IntegrationError(f"cannot recompute the non-persistent buffers {names} of {type(m).__name__} "
+                                   f"(building it from the config failed: {exc})") from None
+        for n in m._non_persistent_buffers_set:
+            if n in fresh._buffers and fresh._buffers[n] is not None:
+                m._buffers[n] = fresh._buffers[n].to(device)
 
 
 def load_dequantized_model(
@@ -194,14 +231,13 @@ def load_dequantized_model(
     """The checkpoint's model with its experts *dequantized* (weight-layouts' decoders) into the
     model's own dense expert parameters, run by transformers' own code: the independent reference
     of :func:`load_quantized_model` (it differs by activation quantization and kernel rounding)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from weight_layouts import load_experts
 
     raw = dict(read_config(checkpoint_dir))
     arch = architecture_of(raw)
-    raw.pop("quantization_config", None)
-    config = AutoConfig.for_model(raw.pop("model_type"), **raw)
+    config = _transformers_config(raw)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     blocks = moe_blocks(model)
