@@ -68,9 +68,13 @@ def rand_fp8(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
 
 @dataclass
 class Operands:
-    a: torch.Tensor  # [M, K] fp8
+    """One operand set, laid out as the library produces it: ``a`` and ``a_s_col`` are what
+    ``Fp8BlockLinear``'s quantization returns (views of buffers with ``round_up(M, 4)`` rows, so
+    the library's cuBLAS path reads them without a padding copy, as it does in a model)."""
+
+    a: torch.Tensor  # [M, K] fp8: the first M rows of cublas[0]
     a_s_row: torch.Tensor  # [M, K/128] float32, row-major
-    a_s_col: torch.Tensor  # [M, K/128] float32, column-major (strides (1, M))
+    a_s_col: torch.Tensor  # [M, K/128] float32, TMA-aligned column-major (strides (1, round_up(M, 4)))
     w: torch.Tensor  # [N, K] fp8
     w_s: torch.Tensor  # [N/128, K/128] float32
     cublas: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # padded a, scale_a, scale_b for the peer
@@ -84,14 +88,15 @@ def make_operands(m: int, n: int, k: int, seed: int) -> Operands:
     a_s = (torch.rand((m, kb), device=DEVICE, generator=gen) + 1) * 2.0**-10
     w_s = (torch.rand((nb, kb), device=DEVICE, generator=gen) + 1) * 2.0**-10
     rows = -(-m // 4) * 4
+    # padding as per_token_group_quant writes it: zero rows, the zero group's scale eps / 448
     a_pad = torch.zeros((rows, k), dtype=a.dtype, device=DEVICE)
     a_pad[:m] = a
-    sa = torch.ones((kb, rows), device=DEVICE)
+    sa = torch.full((kb, rows), float(torch.tensor(1e-10) / 448.0), device=DEVICE)
     sa[:, :m] = a_s.t()
     kb4 = -(-kb // 4) * 4
     sb = torch.ones((nb, kb4), device=DEVICE)
     sb[:, :kb] = w_s
-    return Operands(a, a_s, a_s.t().contiguous().t(), w, w_s, (a_pad, sa.t(), sb.t()))
+    return Operands(a_pad[:m], a_s, sa[:, :m].t(), w, w_s, (a_pad, sa.t(), sb.t()))
 
 
 def cublas_peer(ops: Operands, m: int) -> torch.Tensor:

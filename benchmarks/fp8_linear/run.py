@@ -9,7 +9,9 @@ Columns: microseconds and TFLOP/s (2MNK / t) of
   on operands prepared in its layout beforehand (M padded to 4, column-major scales);
 * ``triton``: ``fp8_linear.block_scaled_mm(kernel="triton")`` (tuned config or heuristic);
 * ``auto``: ``fp8_linear.block_scaled_mm()``, the registry's choice, fed the activation-scale
-  layout that choice reads (as Fp8BlockLinear does);
+  layout that choice reads (as Fp8BlockLinear does), on operands laid out as its quantization
+  returns them (storage of round_up(M, 4) rows, TMA-aligned column-major scales), so the cuBLAS
+  path reads them without a padding copy, as in a model;
 
 and the ratios ``triton / cublas`` and ``auto / best of the two`` (speed ratios: > 1 is faster).
 Every row is first checked against the peer's output. Timing: see ``_common.py``; the three

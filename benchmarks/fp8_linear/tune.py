@@ -4,8 +4,9 @@ For every shape and M it times a pruned set of configs (the previously tuned con
 heuristic's, then tile sizes, split-K, stages, warps, and at large M the persistent TMA kernel
 with and without warp specialization) with the benchmark's method (``_common.py``), keeps the
 fastest config whose output matches torch's blockwise cuBLASLt, and times cuBLAS the way the
-library runs it (``fp8_linear.kernels.cublas.cublas_gemm`` with column-major scales, M padded to
-a multiple of 4 inside when needed) and the pre-padded peer. Output (the package's configs
+library runs it (``fp8_linear.kernels.cublas.cublas_gemm`` on operands laid out as
+``Fp8BlockLinear``'s quantization produces them: storage of ``round_up(M, 4)`` rows, TMA-aligned
+column-major scales, read without a padding copy) and the pre-padded peer. Output (the package's configs
 folder, or ``--out``; everything also into ``$OUT/tuned.tar`` when set):
 
 * per shape ``block-N{N}-K{K}-B128x128-{device}.json``: ``configs`` and ``timings_us`` per M

@@ -116,8 +116,10 @@ class Fp8BlockLinear(torch.nn.Module):
         out_dtype = self.out_dtype or x.dtype
         choice = self.choice(int(x2.shape[0]), out_dtype)
         platform = choice.platform
-        x_q, x_s = _quantize(x2, self.block_size[1], column_major=choice.implementation.column_major_scales,
-                             tma_aligned=False, ue8m0=False, eps=1e-10, fp8_max=quant_max(self.weight.dtype),
+        column_major = choice.implementation.column_major_scales
+        # tma_aligned: scale columns padded to round_up(M, 4), which cuBLAS reads without a copy
+        x_q, x_s = _quantize(x2, self.block_size[1], column_major=column_major,
+                             tma_aligned=column_major, ue8m0=False, eps=1e-10, fp8_max=quant_max(self.weight.dtype),
                              dtype=self.weight.dtype, backend=default_quant_backend(platform), platform=platform)
         ops = GemmOperands(a=x_q, a_s=x_s, w=self.weight, w_s=self.weight_scale_inv, bias=self.bias,
                            out_shape=(*lead, self.out_features))

@@ -10,7 +10,7 @@ from .errors import InvalidInputError
 from .fp8 import EPS, FP8_DTYPES, quant_max, representable_max
 from .platform import LinearPlatform, QuantBackend, default_quant_backend, triton_options
 from .reference import group_scales, quantize_groups
-from .scale_layout import allocate_scales
+from .scale_layout import allocate_scale_storage
 from .validation import FLOAT_INPUTS
 
 GROUP_SIZES: tuple[int, ...] = (16, 32, 64, 128, 256)
@@ -49,9 +49,11 @@ def per_token_group_quant(
         platform: what to choose for (default: detected).
 
     Returns:
-        ``(x_q, x_s)``: ``x_q`` of ``dtype`` shaped like ``x``; ``x_s`` float32 of logical shape
-        ``x.shape[:-1] + (K / group_size,)`` in the requested layout (see
-        :mod:`fp8_linear.scale_layout`).
+        ``(x_q, x_s)``: ``x_q`` of ``dtype`` shaped like ``x`` (contiguous; with the Triton and
+        reference backends its storage holds ``round_up(M, 4)`` rows, the padding rows quantized
+        zeros); ``x_s`` float32 of logical shape ``x.shape[:-1] + (K / group_size,)`` in the
+        requested layout (see :mod:`fp8_linear.scale_layout`; ``tma_aligned`` padding entries hold
+        ``eps / fp8_max``, the scale of an all-zero group).
     """
     if not isinstance(x, torch.Tensor):
         raise InvalidInputError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -106,7 +108,12 @@ def _quantize(
     x: torch.Tensor, group_size: int, *, column_major: bool, tma_aligned: bool, ue8m0: bool, eps: float,
     fp8_max: float, dtype: torch.dtype, backend: QuantBackend, platform: LinearPlatform,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validated quantization (the module uses it directly)."""
+    """Validated quantization (the module uses it directly).
+
+    Triton and reference backends: ``x_q`` is a view of the first M rows of a ``[round_up(M, 4), K]``
+    buffer whose padding rows hold the quantized zeros (+0 codes); TMA-aligned scales fill their
+    padding entries with the zero group's scale ``eps / fp8_max`` (a power of two under UE8M0). So
+    the cuBLAS path (M a multiple of 4) reads both without a copy. The custom op is unpadded."""
     lead = tuple(int(d) for d in x.shape[:-1])
     groups = int(x.shape[-1]) // group_size
     if backend is QuantBackend.CUSTOM_OP:
@@ -114,19 +121,26 @@ def _quantize(
 
         q, s = per_token_group_quant_op(x, group_size, eps, fp8_max, ue8m0, column_major, tma_aligned, dtype)
         return q, s
-    x_s = allocate_scales(lead, groups, column_major=column_major, tma_aligned=tma_aligned, device=x.device)
-    if backend is QuantBackend.REFERENCE:
-        scale = group_scales(x, group_size, eps=eps, fp8_max=fp8_max, ue8m0=ue8m0)
-        x_s.copy_(scale)
-        return quantize_groups(x, scale, group_size, fp8_max=fp8_max, dtype=dtype), x_s
-    x_q = torch.empty(x.shape, dtype=dtype, device=x.device)
     m = math.prod(lead)
+    rows = -(-m // 4) * 4
+    x_s, s2 = allocate_scale_storage(lead, groups, column_major=column_major, tma_aligned=tma_aligned,
+                                     device=x.device)
+    q_storage = torch.empty((rows, int(x.shape[-1])), dtype=dtype, device=x.device)
+    x_q = q_storage[:m].view(x.shape)
     if m == 0 or groups == 0:
+        return x_q, x_s
+    x2 = x.view(m, -1)
+    if backend is QuantBackend.REFERENCE:
+        # the padding rows quantize zeros, as the Triton kernel's masked loads do
+        xp = torch.cat((x2, x2.new_zeros((rows - m, x2.shape[1])))) if rows != m else x2
+        scale = group_scales(xp, group_size, eps=eps, fp8_max=fp8_max, ue8m0=ue8m0)
+        s2.copy_(scale[: s2.shape[0]])
+        q_storage.copy_(quantize_groups(xp, scale, group_size, fp8_max=fp8_max, dtype=dtype))
         return x_q, x_s
     from .kernels.group_quant import launch_group_quant
 
-    launch_group_quant(x.view(m, -1), x_q.view(m, -1), x_s.view(m, groups), group_size=group_size, eps=eps,
-                       fp8_max=fp8_max, ue8m0=ue8m0, exact_rounding=triton_options(platform).exact_rounding)
+    launch_group_quant(x2, q_storage, s2, group_size=group_size, eps=eps, fp8_max=fp8_max, ue8m0=ue8m0,
+                       exact_rounding=triton_options(platform).exact_rounding)
     return x_q, x_s
 
 

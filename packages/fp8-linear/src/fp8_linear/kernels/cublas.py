@@ -2,8 +2,11 @@
 
 torch 2.11 facts this path is built on (see the package README):
 
-* cuBLASLt wants M a multiple of 4: M is padded (rows of A and of its scales, one ``torch.cat``
-  each, from cached zero / one blocks) and the result sliced back.
+* cuBLASLt wants M a multiple of 4: A and its scales are read as ``round_up(M, 4)`` rows and the
+  result sliced back. When their storage already holds those rows (what
+  :func:`fp8_linear.per_token_group_quant` allocates: FP8 rows always, scales with
+  ``tma_aligned=True``, which :class:`fp8_linear.Fp8BlockLinear` asks for) that is a strided view
+  of the same storage, no copy; otherwise one ``torch.cat`` each, from cached zero / one blocks.
 * activation scales must be column-major ``[M, K/128]`` with strides ``(1, M)``.
 * the v1 ``torch._scaled_mm`` silently returns wrong results when ``ceil(K/128) % 4 != 0``; the v2
   ``torch.nn.functional.scaled_mm`` validates the layout and takes the weight scales padded to
@@ -73,24 +76,50 @@ def _fill_block(device: torch.device, dtype: torch.dtype, rows: int, width: int,
     return block
 
 
+def _storage_view(t: torch.Tensor, shape: tuple[int, int], strides: tuple[int, int]) -> torch.Tensor | None:
+    """``t.as_strided(shape, strides)`` at ``t``'s storage offset when every element it spans lies in
+    ``t``'s storage, else None."""
+    try:
+        last = t.storage_offset() + sum((size - 1) * stride for size, stride in zip(shape, strides, strict=True)) + 1
+        if last > t.untyped_storage().nbytes() // t.element_size():
+            return None
+        return t.as_strided(shape, strides)
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+# Reading rows past M (the padding rows of the quantizer's storage, whatever they hold) is safe:
+# GEMM output rows depend only on their own A row and scale, and the result is sliced to out[:m].
+
+
 def pad_rows(a: torch.Tensor, rows: int) -> torch.Tensor:
-    """FP8 ``a`` [M, K] -> [rows, K] with zero rows appended (one concatenation)."""
+    """FP8 ``a`` [M, K] -> [rows, K] row-major: a view of ``a``'s storage when it holds the rows
+    (the quantizer's padded buffer), else zero rows appended (one concatenation)."""
     m, k = a.shape
     if rows == m:
         return a
+    if a.stride(1) == 1 and (a.stride(0) == k or m == 1):
+        view = _storage_view(a, (rows, k), (k, 1))
+        if view is not None:
+            return view
     raw = a.view(torch.uint8)
     pad = _fill_block(a.device, torch.uint8, 3, k, 0.0)[: rows - m]
     return torch.cat((raw, pad)).view(a.dtype)
 
 
 def column_major_scales(a_s: torch.Tensor, rows: int) -> torch.Tensor:
-    """[M, K/128] activation scales -> [rows, K/128] with strides (1, rows) (pad rows hold 1.0);
-    as is when already so, else one copy."""
+    """[M, K/128] activation scales -> [rows, K/128] with strides (1, rows): as is when already so;
+    a view of the storage when it is column-major with column stride ``rows`` (the TMA-aligned
+    layout); else one copy (pad rows hold 1.0)."""
     m, kb = a_s.shape
     if rows == m:
         if a_s.stride(0) == 1 and (a_s.stride(1) == m or kb == 1):
             return a_s
         return a_s.t().contiguous().t()
+    if (a_s.stride(0) == 1 or m == 1) and (a_s.stride(1) == rows or kb == 1):  # size-1 dims: any stride
+        view = _storage_view(a_s, (rows, kb), (1, rows))
+        if view is not None:
+            return view
     ones = _fill_block(a_s.device, torch.float32, kb, 3, 1.0)[:, : rows - m]
     return torch.cat((a_s.t(), ones), dim=1).t()
 
@@ -104,7 +133,7 @@ def cublas_gemm(ops: GemmOperands, problem: GemmProblem, *, api: ScaledMMApi,
     rows = -(-m // 4) * 4
     a = pad_rows(ops.a, rows)
     a_s = ops.a_s
-    if is_e8m0(a_s.dtype):
+    if is_e8m0(a_s.dtype):  # upcast: a fresh [M, K/128] tensor, padded by the concatenation
         a_s = e8m0_to_float32(a_s)
     a_s = column_major_scales(a_s, rows)
     kb = -(-k // BLOCK)

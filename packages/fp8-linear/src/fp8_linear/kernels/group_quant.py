@@ -5,6 +5,11 @@ One program quantizes a [BLOCK_M, G] tile: BLOCK_M rows of one group column. The
 quantized value is ``clamp(x / scale)`` cast to FP8, the quotient correctly rounded (reciprocal
 plus one FMA correction, cheaper than a division per element). Scales are stored through
 their two strides, so row-major, column-major and TMA-aligned layouts are one kernel.
+
+Padding rows: ``x`` has ``M`` rows, ``q``'s storage ``M_Q >= M`` and the scales' ``M_S >= M``
+(``round_up(M, 4)`` for the TMA-aligned layout). Rows past ``M`` load zeros, so they store
+``q = +0`` and the zero group's scale ``eps / fp8_max``: cuBLAS, which needs M a multiple of 4,
+then reads the quantizer's output without a padding copy.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ MAX_GRID_Y = 65535
 @triton.jit
 def _group_quant_kernel(
     x_ptr, q_ptr, s_ptr,
-    M, K,
+    M, M_Q, M_S, K,
     stride_xm, stride_qm, stride_sm, stride_sg,
     eps, fp8_max,
     G: tl.constexpr, BLOCK_M: tl.constexpr, UE8M0: tl.constexpr, FNUZ: tl.constexpr,
@@ -31,10 +36,9 @@ def _group_quant_kernel(
     pid_m = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = group * G + tl.arange(0, G)
-    row_ok = rows < M
-    mask = row_ok[:, None]
     rows64 = rows.to(tl.int64)
-    x = tl.load(x_ptr + rows64[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + rows64[:, None] * stride_xm + cols[None, :], mask=(rows < M)[:, None],
+                other=0.0).to(tl.float32)
     absmax = tl.max(tl.abs(x), axis=1)
     scale = tl.math.div_rn(tl.maximum(absmax, eps), fp8_max)
     if UE8M0:
@@ -50,25 +54,30 @@ def _group_quant_kernel(
     y = tl.minimum(tl.maximum(y, -fp8_max), fp8_max)
     if EXACT_ROUNDING:
         y = round_to_fp8_grid(y, FNUZ)
-    tl.store(q_ptr + rows64[:, None] * stride_qm + cols[None, :], y.to(q_ptr.dtype.element_ty), mask=mask)
-    tl.store(s_ptr + rows * stride_sm + group * stride_sg, scale, mask=row_ok)
+    tl.store(q_ptr + rows64[:, None] * stride_qm + cols[None, :], y.to(q_ptr.dtype.element_ty),
+             mask=(rows < M_Q)[:, None])
+    tl.store(s_ptr + rows * stride_sm + group * stride_sg, scale, mask=rows < M_S)
 
 
 def launch_group_quant(
     x2: torch.Tensor, q2: torch.Tensor, s2: torch.Tensor, *, group_size: int, eps: float, fp8_max: float,
     ue8m0: bool, exact_rounding: bool,
 ) -> None:
-    """Quantize ``x2`` [M, K] (K contiguous) into ``q2`` [M, K] and scales ``s2`` [M, K/G] (any strides)."""
+    """Quantize ``x2`` [M, K] (K contiguous) into ``q2`` [M_Q, K] and scales ``s2`` [M_S, K/G] (any
+    strides), ``M_Q, M_S >= M``: rows past M are written as the quantization of zeros."""
     m, k = x2.shape
+    m_q = q2.shape[0]
+    assert m_q >= m and s2.shape[0] >= m
     groups = k // group_size
-    block_m = max(1, min(4096 // group_size, triton.next_power_of_2(m)))
+    block_m = max(1, min(4096 // group_size, triton.next_power_of_2(m_q)))
     rows_per_launch = MAX_GRID_Y * block_m  # grid dim 1 is limited to 65535 blocks
-    for start in range(0, m, rows_per_launch):
-        x, q, s = (t[start:start + rows_per_launch] for t in (x2, q2, s2))
-        rows = x.shape[0]
-        _group_quant_kernel[(groups, triton.cdiv(rows, block_m))](
-            x, q, s, rows, k,
-            x.stride(0), q.stride(0), s.stride(0), s.stride(1),
+    for start in range(0, m_q, rows_per_launch):
+        # each chunk covers q's storage rows [start, start + rows_per_launch); x and the scales
+        # pass how many of them they hold (possibly none: an empty slice, every access masked)
+        x, q, s = (t[min(start, t.shape[0]):start + rows_per_launch] for t in (x2, q2, s2))
+        _group_quant_kernel[(groups, triton.cdiv(q.shape[0], block_m))](
+            x, q, s, x.shape[0], q.shape[0], s.shape[0], k,
+            x2.stride(0), q2.stride(0), s2.stride(0), s2.stride(1),
             eps, fp8_max,
             G=group_size, BLOCK_M=block_m, UE8M0=ue8m0, FNUZ=q2.dtype == torch.float8_e4m3fnuz,
             EXACT_ROUNDING=exact_rounding,
