@@ -33,16 +33,17 @@ def check_padded(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, g: int, layo
     # outputs as before: the unpadded reference math, bit for bit; shape and strides unchanged
     scale = group_scales(x, g, eps=1e-10, fp8_max=448.0, ue8m0=ue8m0)
     expected_q = quantize_groups(x, scale, g, fp8_max=448.0, dtype=torch.float8_e4m3fn)
+    # q and s may live on a GPU: storage checks on them, value checks on CPU copies
     assert q.shape == x.shape and q.is_contiguous()
-    assert torch.equal(q.view(torch.uint8), expected_q.view(torch.uint8))
-    assert torch.equal(s.contiguous(), scale)
+    assert torch.equal(q.cpu().view(torch.uint8), expected_q.view(torch.uint8))
+    assert torch.equal(s.contiguous().cpu(), scale)
     # q's storage: round_up(M, 4) rows, the padding ones +0
     assert q.untyped_storage().nbytes() == rows * k
-    full = q.as_strided((rows, k), (k, 1)).view(torch.uint8)
+    full = q.as_strided((rows, k), (k, 1)).cpu().view(torch.uint8)
     assert not full[m:].any()
     if layout == "tma":
         groups = k // g
-        padded = s.as_strided((rows, groups), (1, rows))
+        padded = s.as_strided((rows, groups), (1, rows)).cpu()
         assert s.untyped_storage().nbytes() == rows * groups * 4
         want = float(ue8m0_round_up(torch.tensor([ZERO_SCALE]))[0]) if ue8m0 else ZERO_SCALE
         assert bool((padded[m:] == want).all())
@@ -68,11 +69,11 @@ def test_triton_storage_is_padded(device, shape, layout, ue8m0):
     x = make_x(shape, seed=sum(shape)).to(device)
     q, s = per_token_group_quant(x, 64, column_major=layout != "row", tma_aligned=layout == "tma", ue8m0=ue8m0,
                                  backend="triton")
-    check_padded(x.cpu(), q.cpu(), s.cpu(), 64, layout, ue8m0)
+    check_padded(x.cpu(), q, s, 64, layout, ue8m0)
     ref = per_token_group_quant(x.cpu(), 64, column_major=layout != "row", tma_aligned=layout == "tma",
                                 ue8m0=ue8m0, backend="reference", platform=CPU)
     rows = -(-math.prod(shape[:-1]) // 4) * 4
-    assert torch.equal(q.cpu().as_strided((rows, 256), (256, 1)).view(torch.uint8),
+    assert torch.equal(q.as_strided((rows, 256), (256, 1)).cpu().view(torch.uint8),
                        ref[0].as_strided((rows, 256), (256, 1)).view(torch.uint8))
 
 
@@ -85,7 +86,7 @@ def test_triton_padding_across_chunked_launches(device, monkeypatch):
     for layout in ("row", "column", "tma"):
         q, s = per_token_group_quant(x, 64, column_major=layout != "row", tma_aligned=layout == "tma",
                                      backend="triton")
-        check_padded(x.cpu(), q.cpu(), s.cpu(), 64, layout, False)
+        check_padded(x.cpu(), q, s, 64, layout, False)
 
 
 def test_custom_op_stays_unpadded():
