@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from quantkeys import PlatformKind
-from quantkeys.platforms import parse_platform
+from quantkeys.platforms import PlatformText, parse_platform
 
 from .fp8 import E4M3FN, E4M3FNUZ
 
@@ -49,7 +49,7 @@ def _interpreting() -> bool:
 
 
 @dataclass(frozen=True, kw_only=True)
-class LinearPlatform:
+class LinearPlatform(PlatformText):
     """A device family with its capability, as far as the FP8 linear kernels care.
 
     ``capability``: CUDA compute capability ``(major, minor)`` (None elsewhere). ``arch``: ROCm or
@@ -81,17 +81,6 @@ class LinearPlatform:
         if self.kind is PlatformKind.ROCM and (self.arch is None or self.arch.startswith("gfx94")):
             return E4M3FNUZ
         return E4M3FN
-
-    def at_least(self, major: int, minor: int = 0) -> bool:
-        """True on CUDA devices of capability >= major.minor."""
-        return self.capability is not None and self.capability >= (major, minor)
-
-    def __str__(self) -> str:
-        if self.capability is not None:
-            return f"{self.kind.value}:{self.capability[0]}.{self.capability[1]}"
-        if self.arch:
-            return f"{self.kind.value}:{self.arch}"
-        return self.kind.value
 
     @classmethod
     def parse(

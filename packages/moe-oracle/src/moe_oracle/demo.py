@@ -11,7 +11,6 @@ experts are dequantized (transformers' own dense code in bf16).
 from __future__ import annotations
 
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -208,9 +207,3 @@ def run_demo(
 
 def _size_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.glob("*.safetensors")) / 1e6
-
-
-def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - the CLI wraps this
-    from .cli import main as cli_main
-
-    return cli_main(["demo", *(argv or sys.argv[1:])])

@@ -244,8 +244,7 @@ def load_dequantized_model(
     prefixes = set()
     for index, block in blocks.items():
         experts = getattr(block, arch.experts_attr)
-        if not hasattr(experts, "gate_up_proj"):
-            raise IntegrationError("load_dequantized_model needs transformers' fused experts (transformers >= 5)")
+        dense_experts(block, arch=arch)  # checks the fused [E, 2I, H] / [E, H, I] layout
         w13, w2 = load_experts(checkpoint_dir, index).dequantize()
         with torch.no_grad():
             experts.gate_up_proj.copy_(w13)
@@ -256,16 +255,13 @@ def load_dequantized_model(
 
 
 def dense_experts(block: nn.Module, *, arch: MoEArchitecture) -> DenseExperts:
-    """The dense experts of a transformers MoE block as ``w13 [E, 2I, H]`` (gate rows, then up) and
-    ``w2 [E, H, I]``: transformers 5's fused ``gate_up_proj`` / ``down_proj`` or a list of MLPs."""
+    """The dense experts of a transformers (>= 5) MoE block as ``w13 [E, 2I, H]`` (gate rows, then
+    up) and ``w2 [E, H, I]``: its fused ``gate_up_proj`` / ``down_proj`` parameters."""
     experts = getattr(block, arch.experts_attr)
-    if hasattr(experts, "gate_up_proj"):
-        w13, w2 = experts.gate_up_proj.detach(), experts.down_proj.detach()
-    else:
-        names = {"qwen_moe": ("gate_proj", "up_proj", "down_proj"), "mixtral": ("w1", "w3", "w2")}[arch.naming]
-        w13 = torch.stack([torch.cat([getattr(m, names[0]).weight, getattr(m, names[1]).weight]) for m in experts])
-        w2 = torch.stack([getattr(m, names[2]).weight for m in experts]).detach()
-        w13 = w13.detach()
+    if not hasattr(experts, "gate_up_proj"):
+        raise IntegrationError("the transformers integration needs fused experts (gate_up_proj / down_proj, "
+                               "transformers >= 5)")
+    w13, w2 = experts.gate_up_proj.detach(), experts.down_proj.detach()
     e, h = w13.shape[0], w2.shape[1]
     if w13.dim() != 3 or w2.dim() != 3 or w13.shape[2] != h or w13.shape[1] != 2 * w2.shape[2] or w2.shape[0] != e:
         raise IntegrationError(f"expert weights gate_up {list(w13.shape)} / down {list(w2.shape)} are not "

@@ -10,7 +10,7 @@ import importlib.util
 from dataclasses import dataclass, field
 
 from quantkeys import PlatformKind
-from quantkeys.platforms import parse_platform
+from quantkeys.platforms import PlatformText, parse_platform
 
 # Optional kernel packages whose presence changes what a backend can do.
 OPTIONAL_PACKAGES = ("triton", "vllm_xpu_kernels", "triton_experts", "xpu_experts")
@@ -21,7 +21,7 @@ def _installed() -> frozenset[str]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Platform:
+class Platform(PlatformText):
     """A device family with its capability.
 
     ``capability`` is the CUDA compute capability ``(major, minor)`` (None elsewhere); ``arch``
@@ -43,17 +43,6 @@ class Platform:
 
     def has(self, package: str) -> bool:
         return package in self.packages
-
-    def at_least(self, major: int, minor: int = 0) -> bool:
-        """True on CUDA devices of capability >= major.minor."""
-        return self.capability is not None and self.capability >= (major, minor)
-
-    def __str__(self) -> str:
-        if self.capability is not None:
-            return f"{self.kind.value}:{self.capability[0]}.{self.capability[1]}"
-        if self.arch:
-            return f"{self.kind.value}:{self.arch}"
-        return self.kind.value
 
     @classmethod
     def parse(cls, text: str, *, packages: frozenset[str] | None = None) -> Platform:

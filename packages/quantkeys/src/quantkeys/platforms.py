@@ -17,6 +17,27 @@ class PlatformKind(enum.Enum):
         return self.value
 
 
+class PlatformText:
+    """Mixin of the platform records (moe-oracle's ``Platform``, fp8-linear's ``LinearPlatform``):
+    the ``"cuda:9.0"`` / ``"rocm:gfx942"`` / ``"cpu"`` text that :func:`parse_platform` reads back,
+    and the CUDA capability test. The record provides ``kind``, ``capability`` and ``arch``."""
+
+    kind: PlatformKind
+    capability: tuple[int, int] | None
+    arch: str | None
+
+    def at_least(self, major: int, minor: int = 0) -> bool:
+        """True on CUDA devices of capability >= major.minor."""
+        return self.capability is not None and self.capability >= (major, minor)
+
+    def __str__(self) -> str:
+        if self.capability is not None:
+            return f"{self.kind.value}:{self.capability[0]}.{self.capability[1]}"
+        if self.arch:
+            return f"{self.kind.value}:{self.arch}"
+        return self.kind.value
+
+
 def parse_platform(text: str) -> tuple[PlatformKind, tuple[int, int] | None, str | None]:
     """``"cuda:9.0"``, ``"cuda:sm90"``, ``"rocm:gfx942"``, ``"xpu"``, ``"xpu:xe2"``, ``"cpu"`` ->
     ``(kind, CUDA capability or None, architecture or None)``. ValueError names what was wrong."""
