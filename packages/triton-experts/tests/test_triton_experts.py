@@ -133,8 +133,12 @@ def test_oracle_prefers_triton_on_cuda_and_says_why_not_elsewhere():
 
 
 @pytest.mark.parametrize("scheme", ["int4_w4a16", "int4_w4a16_asym", "int8_w8a16"])
-def test_tiles_of_several_groups(tmp_path, monkeypatch, scheme):
-    """BLOCK_K = 2 quantization groups (a tuned config's choice for decode) against the reference."""
+@pytest.mark.parametrize("block_k", [256, 128, 64])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_k_tiles_against_quantization_groups(tmp_path, monkeypatch, scheme, block_k, dtype):
+    """K tiles of 2 quantization groups (per-element dequantization), of one group and of half a
+    group (4-bit: the codes path with zero and scale applied after the dot, through inline PTX on
+    NVIDIA GPUs), in bf16 and fp16, against the reference."""
     if scheme not in SCHEMES:
         pytest.skip(f"{scheme} is not served by triton")
     from triton_experts import tuning
@@ -144,21 +148,23 @@ def test_tiles_of_several_groups(tmp_path, monkeypatch, scheme):
     folder = tmp_path / "configs"
     folder.mkdir()
     device = torch.cuda.get_device_name() if ON_GPU else "cpu"
-    cfg = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 256, "GROUP_M": 1, "num_warps": 4, "num_stages": 2}
+    cfg = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": block_k, "GROUP_M": 1, "num_warps": 4, "num_stages": 2}
     variant = "int8_w8a16" if scheme == "int8_w8a16" else "int4_w4a16"
     (folder / tuning.file_name(e=e, n=2 * i, k=h, variant=variant, device=device)).write_text(json.dumps({"1": cfg}))
     monkeypatch.setenv(tuning.ENV_DIR, str(folder))
     tuning._load.cache_clear()
     try:
         config = MoEConfig(num_experts=e, top_k=2, hidden_size=h, intermediate_size=i, activation=act,
-                           in_dtype=torch.bfloat16)
+                           in_dtype=dtype)
         kernel = make_kernel(weights=weights.to(DEVICE), config=config, platform=PLATFORM, force="triton")
         reference = make_kernel(weights=weights, config=config, platform=PLATFORM, force="reference")
         x, tw, ids = _inputs(5, 2, e, h, seed=7)
+        x = x.to(dtype)
         out = kernel(hidden_states=x, topk_weights=tw, topk_ids=ids)
         (c1, tuned1), _ = kernel.experts.last_configs
-        assert tuned1 and c1.BLOCK_K == 256
+        assert tuned1 and c1.BLOCK_K == block_k
         ref = reference(hidden_states=x.cpu(), topk_weights=tw.cpu(), topk_ids=ids.cpu())
+        assert out.dtype == dtype
         assert rel(out.cpu(), ref) < BOUND_VS_REFERENCE, scheme
     finally:
         tuning._load.cache_clear()

@@ -37,6 +37,52 @@ def _dot_acc(a, b, acc, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _nibble_values(packed, DTYPE: tl.constexpr, PTX: tl.constexpr):
+    """Packed uint8 tile -> (low nibbles, high nibbles) as ``DTYPE`` values OFFSET + code, exactly
+    (OFFSET = 128 in bf16, 1024 in fp16, where those are the floats whose last mantissa bits are
+    the code). With PTX (NVIDIA GPUs) one prmt/lop3 sequence makes four codes' floats per 32-bit
+    word; elsewhere (the interpreter, ROCm) the same values by conversion."""
+    if PTX and DTYPE == tl.bfloat16:
+        return tl.inline_asm_elementwise(
+            asm="""{
+            .reg .b32 r0, r1, t;
+            prmt.b32 r0, $4, 0, 0x4140;
+            prmt.b32 r1, $4, 0, 0x4342;
+            lop3.b32 $0, r0, 0x000F000F, 0x43004300, 0xEA;
+            lop3.b32 $1, r1, 0x000F000F, 0x43004300, 0xEA;
+            shr.b32 t, r0, 4;
+            lop3.b32 $2, t, 0x000F000F, 0x43004300, 0xEA;
+            shr.b32 t, r1, 4;
+            lop3.b32 $3, t, 0x000F000F, 0x43004300, 0xEA;
+            }""",
+            constraints="=r,=r,=r,=r,r", args=[packed], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+    elif PTX and DTYPE == tl.float16:
+        return tl.inline_asm_elementwise(
+            asm="""{
+            .reg .b32 r0, r1, t;
+            prmt.b32 r0, $4, 0, 0x4140;
+            prmt.b32 r1, $4, 0, 0x4342;
+            lop3.b32 $0, r0, 0x000F000F, 0x64006400, 0xEA;
+            lop3.b32 $1, r1, 0x000F000F, 0x64006400, 0xEA;
+            shr.b32 t, r0, 4;
+            lop3.b32 $2, t, 0x000F000F, 0x64006400, 0xEA;
+            shr.b32 t, r1, 4;
+            lop3.b32 $3, t, 0x000F000F, 0x64006400, 0xEA;
+            }""",
+            constraints="=r,=r,=r,=r,r", args=[packed], dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
+    else:
+        offset = _nibble_offset(DTYPE)
+        return ((packed & 0xF).to(tl.float32) + offset).to(DTYPE), ((packed >> 4).to(tl.float32) + offset).to(DTYPE)
+
+
+@triton.jit
+def _nibble_offset(DTYPE: tl.constexpr):
+    if DTYPE == tl.float16:
+        return 1024.0
+    return 128.0
+
+
+@triton.jit
 def _e2m1(code):
     sign = (code >> 3) & 1
     exp = (code >> 1) & 3
@@ -64,6 +110,7 @@ def moe_gemm_bf16(
     MUL_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
+    PTX: tl.constexpr,
     EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -138,6 +185,7 @@ def moe_gemm_fp8_tensor(
     MUL_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
+    PTX: tl.constexpr,
     EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -213,6 +261,7 @@ def moe_gemm_fp8_channel(
     MUL_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
+    PTX: tl.constexpr,
     EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -290,6 +339,7 @@ def moe_gemm_fp8_block(
     MUL_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
+    PTX: tl.constexpr,
     EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -367,6 +417,7 @@ def moe_gemm_int8_w8a8(
     MUL_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
+    PTX: tl.constexpr,
     EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -444,6 +495,7 @@ def moe_gemm_int4_w4a16(
     MUL_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
+    PTX: tl.constexpr,
     EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -475,37 +527,48 @@ def moe_gemm_int4_w4a16(
     # -- K loop --------------------------------------------------------------------------------
     b_base = b_ptr + expert * stride_be
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    offs_h = tl.arange(0, BLOCK_K // 2)
     for k0 in range(0, tl.cdiv(K, BLOCK_K)):
-        offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
-        if EVEN_K:
-            a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
-                        mask=row_mask[:, None], other=0.0)
+        if BLOCK_K <= GROUP_K:
+            # codes path (one quantization group per tile): the even-k and odd-k halves of the A tile
+            # meet the low and high nibbles of the packed tile (no interleave); the dots run on the
+            # exact values OFFSET + code, and zero and scale apply per output column afterwards:
+            # sum_k a (c - z) s = s (sum_k a (OFFSET + c) - (OFFSET + z) sum_k a)
+            kb = k0 * BLOCK_K
+            a_even = tl.load(a_ptr + a_rows[:, None] * stride_am + (kb + 2 * offs_h)[None, :] * stride_ak,
+                             mask=row_mask[:, None], other=0.0)
+            a_odd = tl.load(a_ptr + a_rows[:, None] * stride_am + (kb + 2 * offs_h + 1)[None, :] * stride_ak,
+                            mask=row_mask[:, None], other=0.0)
+            packed = tl.load(b_base + offs_n[:, None] * stride_bn + (k0 * (BLOCK_K // 2) + offs_h)[None, :] * stride_bk,
+                             mask=n_mask[:, None], other=0)
+            group_idx = kb // GROUP_K
+            scale = tl.load(b_scale_ptr + expert * stride_bse + offs_n * stride_bsn + group_idx * stride_bsk,
+                            mask=n_mask, other=0.0).to(tl.float32)
+            zero = tl.load(b_zero_ptr + expert * stride_bse + offs_n * stride_bsn + group_idx * stride_bsk,
+                           mask=n_mask, other=0).to(tl.float32)
+            lo, hi = _nibble_values(packed, a_even.dtype, PTX)
+            part = _dot(a_even, tl.trans(lo), DOT_UPCAST)
+            part = _dot_acc(a_odd, tl.trans(hi), part, DOT_UPCAST)
+            a_sum = tl.sum(a_even.to(tl.float32), axis=1) + tl.sum(a_odd.to(tl.float32), axis=1)
+            acc += (part - a_sum[:, None] * (zero + _nibble_offset(a_even.dtype))[None, :]) * scale[None, :]
         else:
-            a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
-                        mask=row_mask[:, None] & (offs_k[None, :] < K), other=0.0)
-        # packed nibbles: one contiguous [BLOCK_N, BLOCK_K / 2] byte tile, unpacked in registers
-        # (low nibble = even k) into [BLOCK_N, BLOCK_K]; K is a multiple of BLOCK_K (the launcher checks)
-        offs_kp = k0 * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
-        packed = tl.load(b_base + offs_n[:, None] * stride_bn + offs_kp[None, :] * stride_bk,
-                         mask=n_mask[:, None], other=0)
-        codes = tl.join(packed & 0xF, packed >> 4).reshape(BLOCK_N, BLOCK_K)
-        # code -> float exactly without an int-to-float conversion: the bits 0x4B000000 | c are 2^23 + c
-        magic = (codes.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True)
-        if BLOCK_K > GROUP_K:  # BLOCK_K / GROUP_K whole groups per tile: scales and zeros [BLOCK_N, groups]
+            # tiles of BLOCK_K / GROUP_K whole groups: nibbles interleaved into [BLOCK_N, BLOCK_K] and
+            # dequantized per element in float32 (the bits 0x4B000000 | c are 2^23 + c)
+            offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
+            a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak, mask=row_mask[:, None],
+                        other=0.0)
+            offs_kp = k0 * (BLOCK_K // 2) + offs_h
+            packed = tl.load(b_base + offs_n[:, None] * stride_bn + offs_kp[None, :] * stride_bk,
+                             mask=n_mask[:, None], other=0)
+            codes = tl.join(packed & 0xF, packed >> 4).reshape(BLOCK_N, BLOCK_K)
+            magic = (codes.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True)
             offs_g = (k0 * BLOCK_K) // GROUP_K + tl.arange(0, BLOCK_K // GROUP_K)
             sz_offs = expert * stride_bse + offs_n[:, None] * stride_bsn + offs_g[None, :] * stride_bsk
             scale = tl.load(b_scale_ptr + sz_offs, mask=n_mask[:, None], other=0.0).to(tl.float32)
             zero = tl.load(b_zero_ptr + sz_offs, mask=n_mask[:, None], other=0).to(tl.float32)
             w3 = magic.reshape(BLOCK_N, BLOCK_K // GROUP_K, GROUP_K)
             w = ((w3 - (zero + 8388608.0)[:, :, None]) * scale[:, :, None]).reshape(BLOCK_N, BLOCK_K).to(a.dtype)
-        else:  # one quantization group per tile (BLOCK_K divides GROUP_K): scale and zero per row
-            group_idx = (k0 * BLOCK_K) // GROUP_K
-            scale = tl.load(b_scale_ptr + expert * stride_bse + offs_n * stride_bsn + group_idx * stride_bsk,
-                            mask=n_mask, other=0.0).to(tl.float32)
-            zero = tl.load(b_zero_ptr + expert * stride_bse + offs_n * stride_bsn + group_idx * stride_bsk,
-                           mask=n_mask, other=0).to(tl.float32)
-            w = ((magic - (zero + 8388608.0)[:, None]) * scale[:, None]).to(a.dtype)
-        acc = _dot_acc(a, tl.trans(w), acc, DOT_UPCAST)
+            acc = _dot_acc(a, tl.trans(w), acc, DOT_UPCAST)
     # -- epilogue ------------------------------------------------------------------------------
     if HAS_BIAS:
         acc += tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
@@ -534,6 +597,7 @@ def moe_gemm_int8_w8a16(
     MUL_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
+    PTX: tl.constexpr,
     EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -620,6 +684,7 @@ def moe_gemm_mxfp8(
     MUL_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
+    PTX: tl.constexpr,
     EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -698,6 +763,7 @@ def moe_gemm_mxfp4(
     MUL_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
+    PTX: tl.constexpr,
     EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,

@@ -18,6 +18,9 @@ from ..align import Alignment
 from ..tuning import LaunchConfig
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# inline PTX (the 4-bit codes' prmt/lop3 dequantization) on NVIDIA GPUs only: not under the
+# interpreter, not on ROCm (whose torch also reports its devices as "cuda")
+_PTX = not _INTERPRETED and torch.version.hip is None
 _DUMMIES: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
@@ -119,7 +122,8 @@ def run_gemm(plan: GemmPlan, *, a: torch.Tensor, a_scale: torch.Tensor | None, o
         ws[0], ws[1], ws[2], ws[3], ws[4], ws[5], ws[6], ws[7],
         out.stride(0), out.stride(1),
         GROUP_K=plan.group_k, TOP_K=plan.top_k, MUL_WEIGHT=topk_weights is not None, HAS_BIAS=plan.has_bias,
-        DOT_UPCAST=_INTERPRETED and a.dtype in (torch.bfloat16, torch.float16), EVEN_K=plan.even_k,
+        DOT_UPCAST=_INTERPRETED and a.dtype in (torch.bfloat16, torch.float16), PTX=_PTX and a.is_cuda,
+        EVEN_K=plan.even_k,
         BLOCK_M=c.BLOCK_M, BLOCK_N=c.BLOCK_N, BLOCK_K=c.BLOCK_K, GROUP_M=c.GROUP_M,
         num_warps=c.num_warps, num_stages=c.num_stages,
     )
