@@ -162,7 +162,7 @@ def test_k_tiles_against_quantization_groups(tmp_path, monkeypatch, scheme, bloc
         x = x.to(dtype)
         out = kernel(hidden_states=x, topk_weights=tw, topk_ids=ids)
         (c1, tuned1), _ = kernel.experts.last_configs
-        assert tuned1 and c1.BLOCK_K == block_k
+        assert tuned1 and block_k == c1.BLOCK_K
         ref = reference(hidden_states=x.cpu(), topk_weights=tw.cpu(), topk_ids=ids.cpu())
         assert out.dtype == dtype
         assert rel(out.cpu(), ref) < BOUND_VS_REFERENCE, scheme

@@ -37,12 +37,12 @@ def _dot_acc(a, b, acc, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _nibble_values(packed, DTYPE: tl.constexpr, PTX: tl.constexpr):
-    """Packed uint8 tile -> (low nibbles, high nibbles) as ``DTYPE`` values OFFSET + code, exactly
+def _nibble_values(packed, dtype: tl.constexpr, PTX: tl.constexpr):
+    """Packed uint8 tile -> (low nibbles, high nibbles) as ``dtype`` values OFFSET + code, exactly
     (OFFSET = 128 in bf16, 1024 in fp16, where those are the floats whose last mantissa bits are
     the code). With PTX (NVIDIA GPUs) one prmt/lop3 sequence makes four codes' floats per 32-bit
     word; elsewhere (the interpreter, ROCm) the same values by conversion."""
-    if PTX and DTYPE == tl.bfloat16:
+    if PTX and dtype == tl.bfloat16:
         return tl.inline_asm_elementwise(
             asm="""{
             .reg .b32 r0, r1, t;
@@ -56,7 +56,7 @@ def _nibble_values(packed, DTYPE: tl.constexpr, PTX: tl.constexpr):
             lop3.b32 $3, t, 0x000F000F, 0x43004300, 0xEA;
             }""",
             constraints="=r,=r,=r,=r,r", args=[packed], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
-    elif PTX and DTYPE == tl.float16:
+    elif PTX and dtype == tl.float16:
         return tl.inline_asm_elementwise(
             asm="""{
             .reg .b32 r0, r1, t;
@@ -71,13 +71,13 @@ def _nibble_values(packed, DTYPE: tl.constexpr, PTX: tl.constexpr):
             }""",
             constraints="=r,=r,=r,=r,r", args=[packed], dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
     else:
-        offset = _nibble_offset(DTYPE)
-        return ((packed & 0xF).to(tl.float32) + offset).to(DTYPE), ((packed >> 4).to(tl.float32) + offset).to(DTYPE)
+        offset = _nibble_offset(dtype)
+        return ((packed & 0xF).to(tl.float32) + offset).to(dtype), ((packed >> 4).to(tl.float32) + offset).to(dtype)
 
 
 @triton.jit
-def _nibble_offset(DTYPE: tl.constexpr):
-    if DTYPE == tl.float16:
+def _nibble_offset(dtype: tl.constexpr):
+    if dtype == tl.float16:
         return 1024.0
     return 128.0
 
