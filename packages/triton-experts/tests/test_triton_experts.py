@@ -133,12 +133,12 @@ def test_oracle_prefers_triton_on_cuda_and_says_why_not_elsewhere():
 
 
 @pytest.mark.parametrize("scheme", ["int4_w4a16", "int4_w4a16_asym", "int8_w8a16"])
-@pytest.mark.parametrize("block_k", [256, 128, 64])
+@pytest.mark.parametrize(("block_m", "block_k"), [(16, 256), (16, 128), (16, 64), (32, 128), (32, 64)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_k_tiles_against_quantization_groups(tmp_path, monkeypatch, scheme, block_k, dtype):
+def test_k_tiles_against_quantization_groups(tmp_path, monkeypatch, scheme, block_m, block_k, dtype):
     """K tiles of 2 quantization groups (per-element dequantization), of one group and of half a
-    group (4-bit: the codes path with zero and scale applied after the dot, through inline PTX on
-    NVIDIA GPUs), in bf16 and fp16, against the reference."""
+    group (4-bit with 16-row tiles: the codes path with zero and scale applied after the dot, through
+    inline PTX on NVIDIA GPUs; with 32-row tiles: per-element), in bf16 and fp16, against the reference."""
     if scheme not in SCHEMES:
         pytest.skip(f"{scheme} is not served by triton")
     from triton_experts import tuning
@@ -148,7 +148,7 @@ def test_k_tiles_against_quantization_groups(tmp_path, monkeypatch, scheme, bloc
     folder = tmp_path / "configs"
     folder.mkdir()
     device = torch.cuda.get_device_name() if ON_GPU else "cpu"
-    cfg = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": block_k, "GROUP_M": 1, "num_warps": 4, "num_stages": 2}
+    cfg = {"BLOCK_M": block_m, "BLOCK_N": 32, "BLOCK_K": block_k, "GROUP_M": 1, "num_warps": 4, "num_stages": 2}
     variant = "int8_w8a16" if scheme == "int8_w8a16" else "int4_w4a16"
     (folder / tuning.file_name(e=e, n=2 * i, k=h, variant=variant, device=device)).write_text(json.dumps({"1": cfg}))
     monkeypatch.setenv(tuning.ENV_DIR, str(folder))

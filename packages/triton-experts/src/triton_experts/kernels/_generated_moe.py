@@ -529,11 +529,12 @@ def moe_gemm_int4_w4a16(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     offs_h = tl.arange(0, BLOCK_K // 2)
     for k0 in range(0, tl.cdiv(K, BLOCK_K)):
-        if BLOCK_K <= GROUP_K:
-            # codes path (one quantization group per tile): the even-k and odd-k halves of the A tile
-            # meet the low and high nibbles of the packed tile (no interleave); the dots run on the
-            # exact values OFFSET + code, and zero and scale apply per output column afterwards:
-            # sum_k a (c - z) s = s (sum_k a (OFFSET + c) - (OFFSET + z) sum_k a)
+        if BLOCK_K <= GROUP_K and BLOCK_M <= 16:
+            # codes path (decode tiles of one quantization group): the even-k and odd-k halves of the
+            # A tile meet the low and high nibbles of the packed tile (no interleave); the dots run on
+            # the exact values OFFSET + code, and zero and scale apply per output column afterwards:
+            # sum_k a (c - z) s = s (sum_k a (OFFSET + c) - (OFFSET + z) sum_k a). Its A loads are
+            # strided (not pipelined by Triton), which only small A tiles afford.
             kb = k0 * BLOCK_K
             a_even = tl.load(a_ptr + a_rows[:, None] * stride_am + (kb + 2 * offs_h)[None, :] * stride_ak,
                              mask=row_mask[:, None], other=0.0)
@@ -552,8 +553,10 @@ def moe_gemm_int4_w4a16(
             a_sum = tl.sum(a_even.to(tl.float32), axis=1) + tl.sum(a_odd.to(tl.float32), axis=1)
             acc += (part - a_sum[:, None] * (zero + _nibble_offset(a_even.dtype))[None, :]) * scale[None, :]
         else:
-            # tiles of BLOCK_K / GROUP_K whole groups: nibbles interleaved into [BLOCK_N, BLOCK_K] and
-            # dequantized per element in float32 (the bits 0x4B000000 | c are 2^23 + c)
+            # per-element dequantization: nibbles interleaved into [BLOCK_N, BLOCK_K], codes made
+            # floats by the bits 0x4B000000 | c = 2^23 + c, NG groups of GW columns per tile
+            NG: tl.constexpr = (BLOCK_K + GROUP_K - 1) // GROUP_K
+            GW: tl.constexpr = BLOCK_K // NG
             offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
             a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak, mask=row_mask[:, None],
                         other=0.0)
@@ -562,11 +565,11 @@ def moe_gemm_int4_w4a16(
                              mask=n_mask[:, None], other=0)
             codes = tl.join(packed & 0xF, packed >> 4).reshape(BLOCK_N, BLOCK_K)
             magic = (codes.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True)
-            offs_g = (k0 * BLOCK_K) // GROUP_K + tl.arange(0, BLOCK_K // GROUP_K)
+            offs_g = (k0 * BLOCK_K) // GROUP_K + tl.arange(0, NG)
             sz_offs = expert * stride_bse + offs_n[:, None] * stride_bsn + offs_g[None, :] * stride_bsk
             scale = tl.load(b_scale_ptr + sz_offs, mask=n_mask[:, None], other=0.0).to(tl.float32)
             zero = tl.load(b_zero_ptr + sz_offs, mask=n_mask[:, None], other=0).to(tl.float32)
-            w3 = magic.reshape(BLOCK_N, BLOCK_K // GROUP_K, GROUP_K)
+            w3 = magic.reshape(BLOCK_N, NG, GW)
             w = ((w3 - (zero + 8388608.0)[:, :, None]) * scale[:, :, None]).reshape(BLOCK_N, BLOCK_K).to(a.dtype)
             acc = _dot_acc(a, tl.trans(w), acc, DOT_UPCAST)
     # -- epilogue ------------------------------------------------------------------------------
