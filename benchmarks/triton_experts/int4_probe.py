@@ -1,11 +1,19 @@
 """Probe: ways to dequantize packed int4 group-quantized weights inside the fused-MoE GEMM (decode).
 
-Modes of the probe kernel (the generated kernel is mode 0):
+Modes of the probe kernel (mode 0 = the generated kernel as shipped):
   1  even/odd k split (no nibble interleave), float32 magic, scale per weight element
   2  even/odd split, codes as 16-bit floats 128 + c by integer ops, zero and scale after the dot
   3  even/odd split, codes as 16-bit floats by inline PTX (prmt + lop3), zero and scale after the dot
+     (what the generated kernel does for 16-row tiles since this probe)
   4  even/odd split, codes by int->float conversion, zero and scale after the dot
-Diagnostic only: prints each mode's best time per GEMM beside the generated kernel's.
+  5, 6  modes 3 and 2 with A and W swapped (C^T = W A^T: the weight tile on the MMA's wide side)
+  7, 8  modes 2 and 4 with the weight tile loaded as [BLOCK_K / 2, BLOCK_N] (no transpose)
+For each mode the best of a small config grid per GEMM, beside the weight-bandwidth floor, with
+the TTGIR's layout conversions for the M=8 winners. H100 results (2026-11-24, M=8 GEMM1 / GEMM2 over
+the floor): DeepSeek-V3 m0 before this probe 2.23 / 2.19, m1 2.63 / 2.58, m2 1.99 / 1.98, m3 1.80 /
+1.88, m4 2.60 / 2.68, m5 1.93 / 2.13, m6 2.30 / 2.27, m7 1.90 / 1.85, m8 2.48 / 2.39. The weight
+tiles go from shared memory to the dot operand without a layout conversion in every mode; what keeps
+them near 1.8x is not the dequantization's arithmetic. Diagnostic only.
 """
 
 from __future__ import annotations
@@ -99,7 +107,20 @@ def probe_int4(
                         mask=n_mask, other=0.0).to(tl.float32)
         zero = tl.load(b_zero_ptr + expert * stride_bse + offs_n * stride_bsn + g * stride_bsk,
                        mask=n_mask, other=0).to(tl.float32)
-        if MODE == 1:
+        if MODE >= 7:  # weight tile loaded as [BLOCK_K / 2, BLOCK_N]: the dot's B operand without a transpose
+            packed_t = tl.load(b_base + offs_n[None, :] * stride_bn + (k0 * (BLOCK_K // 2) + offs_j)[:, None] * stride_bk,
+                               mask=n_mask[None, :], other=0)
+            if MODE == 7:
+                lo_t = ((packed_t & 0xF).to(tl.int16) | 0x4300).to(tl.bfloat16, bitcast=True)
+                hi_t = ((packed_t >> 4).to(tl.int16) | 0x4300).to(tl.bfloat16, bitcast=True)
+            else:
+                lo_t = ((packed_t & 0xF).to(tl.float32) + 128.0).to(tl.bfloat16)
+                hi_t = ((packed_t >> 4).to(tl.float32) + 128.0).to(tl.bfloat16)
+            asum = tl.sum(a_e.to(tl.float32), axis=1) + tl.sum(a_o.to(tl.float32), axis=1)
+            part = _dot(a_e, lo_t, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), DOT_UPCAST)
+            part = _dot(a_o, hi_t, part, DOT_UPCAST)
+            acc += (part - asum[:, None] * (zero + 128.0)[None, :]) * scale[None, :]
+        elif MODE == 1:
             lo = ((packed & 0xF).to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True)
             hi = ((packed >> 4).to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True)
             lo = ((lo - (zero + 8388608.0)[:, None]) * scale[:, None]).to(a_e.dtype)
@@ -151,10 +172,10 @@ def run_probe(plan, *, mode, a, out, topk_weights, alignment):
         out.stride(0), out.stride(1),
         GROUP_K=plan.group_k, TOP_K=plan.top_k, MUL_WEIGHT=topk_weights is not None, HAS_BIAS=False,
         DOT_UPCAST=a.device.type == 'cpu', EVEN_K=True, BLOCK_M=c.BLOCK_M, BLOCK_N=c.BLOCK_N, BLOCK_K=c.BLOCK_K,
-        GROUP_M=c.GROUP_M, MODE=mode, SWAP=mode >= 5, num_warps=c.num_warps, num_stages=c.num_stages)
+        GROUP_M=c.GROUP_M, MODE=mode, SWAP=mode in (5, 6), num_warps=c.num_warps, num_stages=c.num_stages)
 
 
-MODES = (0, 3, 5, 6)
+MODES = (0, 1, 2, 3, 4, 5, 6, 7, 8)
 
 
 def main() -> None:
@@ -171,7 +192,7 @@ def main() -> None:
         d = MODELS[model]
         e, k = d["e"], d["k"]
         ex, gemms = _setup(model, "int4_w4a16")
-        for m in ((1, 8, 32) if model != "qwen3" else (8,)):
+        for m in (1, 8, 32):
             _, ids = routing(m, e, k, seed=m)
             hit = int(torch.unique(ids).numel())
             for name, (n, kk, w, group) in gemms.items():
@@ -184,7 +205,7 @@ def main() -> None:
                 for mode in MODES:
                     best = None
                     bks = (128, 256) if mode == 0 else (128,)
-                    bns = (64, 128, 256) if mode >= 5 else (64, 128)
+                    bns = (64, 128)
                     for bn, bk, stages in itertools.product(bns, bks, (2, 3, 4, 5)):
                         cfg = LaunchConfig(16, bn, bk, 1, 4, stages)
                         al = align_by_expert_triton(ids, num_local_experts=e, num_experts=e, block_m=16)
@@ -219,6 +240,9 @@ def main() -> None:
                                          k=kk, group_k=group, config=c)
                         ck = run_probe(plan, mode=mode, a=a, out=out, topk_weights=tw, alignment=al)
                         ir = ck.asm["ttgir"]
+                        for ln in ir.splitlines():
+                            if "convert_layout" in ln and name == "w13":
+                                print("     ", ln.strip()[:260], flush=True)
                         print(f"   mode {mode} ttgir: " + ", ".join(f"{t}={ir.count(t)}" for t in (
                             "async_copy_global_to_local", "warp_group_dot", "ttg.local_alloc", "ttng.async_tma",
                             "tt.dot", "convert_layout", "inline_asm")), flush=True)
