@@ -129,6 +129,16 @@ def test_ranges_from_timings():
     assert dispatch.ranges_from_timings({8: {"triton": 1.0}}) == ()  # incomplete rows are ignored
 
 
+def test_a_tie_goes_to_cublas():
+    """Triton must beat cuBLAS by more than the tie margin (the run-to-run scatter) to be chosen."""
+    margin = dispatch.TIE_MARGIN
+    close = {128: {"triton": 10.0, "cublas": 10.0 * (1 + margin / 2)}}
+    clear = {128: {"triton": 10.0, "cublas": 10.0 * (1 + 2 * margin)}}
+    assert dispatch.winners(close) == {128: "cublas"}
+    assert dispatch.winners(clear) == {128: "triton"}
+    assert dispatch.winners({128: {"triton": 11.0, "cublas": 10.0}}) == {128: "cublas"}
+
+
 def test_heuristic():
     assert dispatch.heuristic(64, 576, 7168)[0] == "triton"
     assert dispatch.heuristic(4096, 576, 7168)[0] == "cublas"
