@@ -28,23 +28,7 @@ import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-
-@triton.jit
-def _nibbles_bf16_asm(packed):
-    return tl.inline_asm_elementwise(
-        asm="""{
-        .reg .b32 r0, r1, t;
-        prmt.b32 r0, $4, 0, 0x4140;
-        prmt.b32 r1, $4, 0, 0x4342;
-        lop3.b32 $0, r0, 0x000F000F, 0x43004300, 0xEA;
-        lop3.b32 $1, r1, 0x000F000F, 0x43004300, 0xEA;
-        shr.b32 t, r0, 4;
-        lop3.b32 $2, t, 0x000F000F, 0x43004300, 0xEA;
-        shr.b32 t, r1, 4;
-        lop3.b32 $3, t, 0x000F000F, 0x43004300, 0xEA;
-        }""",
-        constraints="=r,=r,=r,=r,r",
-        args=[packed], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+from triton_experts.kernels._generated_moe import _nibble_values
 
 
 @triton.jit
@@ -132,7 +116,7 @@ def probe_int4(
                 lo = ((packed & 0xF).to(tl.int16) | 0x4300).to(tl.bfloat16, bitcast=True)
                 hi = ((packed >> 4).to(tl.int16) | 0x4300).to(tl.bfloat16, bitcast=True)
             elif MODE == 3 or MODE == 5:  # noqa: PLR1714
-                lo, hi = _nibbles_bf16_asm(packed)
+                lo, hi = _nibble_values(packed, tl.bfloat16, True)  # the shipped PTX dequantization
             else:
                 lo = ((packed & 0xF).to(tl.float32) + 128.0).to(tl.bfloat16)
                 hi = ((packed >> 4).to(tl.float32) + 128.0).to(tl.bfloat16)
