@@ -149,6 +149,17 @@ def bench_us(calls: list[Callable[[], object]], *, replay_us: float = 1000.0, wa
     return ms * 1000.0 / n
 
 
+def interleaved_rounds(columns: dict[str, list[Callable[[], object]]], rounds: int, *, rep_ms: int = 40
+                       ) -> dict[str, list[float]]:
+    """:func:`bench_us` of every column, ``rounds`` times in turn (a, b, c, a, b, c, ...), so that slow
+    drifts of the clock hit all columns alike; the caller takes the medians."""
+    times: dict[str, list[float]] = {name: [] for name in columns}
+    for _ in range(rounds):
+        for name, calls in columns.items():
+            times[name].append(bench_us(calls, rep_ms=rep_ms))
+    return times
+
+
 def rel_err(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((x.float() - y.float()).norm() / y.float().norm().clamp(min=1e-30))
 

@@ -48,6 +48,7 @@ from _common import (
     copy_to_out,
     cublas_peer,
     device_slug,
+    interleaved_rounds,
     make_operands,
     rel_err,
     rotation,
@@ -90,10 +91,7 @@ def gemm_rows(shapes: dict[str, tuple[int, int]], ms: tuple[int, ...], log, roun
                        "triton": [ours(o, "triton", False) for o in sets],
                        "auto": [ours(o, None, col) for o in sets],
                        "lib_cublas": [ours(o, "cublas", True) for o in sets]}
-            times: dict[str, list[float]] = {name: [] for name in columns}
-            for _ in range(rounds):
-                for key, calls in columns.items():
-                    times[key].append(bench_us(calls, rep_ms=20 if rounds > 1 else 40))
+            times = interleaved_rounds(columns, rounds, rep_ms=20 if rounds > 1 else 40)
             t_cub, t_tri, t_auto, t_lib = (statistics.median(times[key])
                                            for key in ("cublas", "triton", "auto", "lib_cublas"))
             flops = 2.0 * m * n * k

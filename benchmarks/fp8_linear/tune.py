@@ -29,7 +29,18 @@ import time
 from pathlib import Path
 
 import torch
-from _common import MS, ROOT, SHAPES, bench_us, cublas_peer, make_operands, rel_err, rotation, versions
+from _common import (
+    MS,
+    ROOT,
+    SHAPES,
+    bench_us,
+    cublas_peer,
+    interleaved_rounds,
+    make_operands,
+    rel_err,
+    rotation,
+    versions,
+)
 
 CONFIG_DIR = ROOT / "packages" / "fp8-linear" / "src" / "fp8_linear" / "configs"
 ROUNDS = 3
@@ -133,12 +144,10 @@ def tune_shape(n: int, k: int, ms: tuple[int, ...], deadline: float, log, previo
             continue
         # the dispatch table's two times: interleaved rounds of the chosen config and cuBLAS, medians
         # (one timing each scatters 2-9% at these sizes, enough to flip a close call)
-        cub_calls = [lambda c=c: cublas_gemm(*c, api=api) for c in as_col]
-        tri_calls = [lambda c=c, cfg=best[1]: triton_gemm(*c, config=cfg, options=options) for c in checked]
-        rounds: dict[str, list[float]] = {"cublas": [], "triton": []}
-        for _ in range(ROUNDS):
-            rounds["cublas"].append(bench_us(cub_calls))
-            rounds["triton"].append(bench_us(tri_calls))
+        rounds = interleaved_rounds(
+            {"cublas": [lambda c=c: cublas_gemm(*c, api=api) for c in as_col],
+             "triton": [lambda c=c, cfg=best[1]: triton_gemm(*c, config=cfg, options=options) for c in checked]},
+            ROUNDS)
         t_cub = statistics.median(rounds["cublas"])
         best = (statistics.median(rounds["triton"]), best[1])
         configs[str(m)] = best[1].to_json()
