@@ -642,22 +642,17 @@ def moe_gemm_int8_w8a16(
                         mask=row_mask[:, None] & (offs_k[None, :] < K), other=0.0)
         codes = tl.load(b_base + offs_n[:, None] * stride_bn + offs_k[None, :] * stride_bk,
                         mask=n_mask[:, None], other=0)
-        # code -> float exactly without an int-to-float conversion: the bits 0x4B000000 | c are 2^23 + c
+        # per-element dequantization (as the 4-bit path's): codes made floats by the bits
+        # 0x4B000000 | c = 2^23 + c, NG groups of GW columns per tile
+        NG: tl.constexpr = (BLOCK_K + GROUP_K - 1) // GROUP_K
+        GW: tl.constexpr = BLOCK_K // NG
         magic = (codes.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True)
-        if BLOCK_K > GROUP_K:  # BLOCK_K / GROUP_K whole groups per tile: scales and zeros [BLOCK_N, groups]
-            offs_g = (k0 * BLOCK_K) // GROUP_K + tl.arange(0, BLOCK_K // GROUP_K)
-            sz_offs = expert * stride_bse + offs_n[:, None] * stride_bsn + offs_g[None, :] * stride_bsk
-            scale = tl.load(b_scale_ptr + sz_offs, mask=n_mask[:, None], other=0.0).to(tl.float32)
-            zero = tl.load(b_zero_ptr + sz_offs, mask=n_mask[:, None], other=0).to(tl.float32)
-            w3 = magic.reshape(BLOCK_N, BLOCK_K // GROUP_K, GROUP_K)
-            w = ((w3 - (zero + 8388608.0)[:, :, None]) * scale[:, :, None]).reshape(BLOCK_N, BLOCK_K).to(a.dtype)
-        else:  # one quantization group per tile (BLOCK_K divides GROUP_K): scale and zero per row
-            group_idx = (k0 * BLOCK_K) // GROUP_K
-            scale = tl.load(b_scale_ptr + expert * stride_bse + offs_n * stride_bsn + group_idx * stride_bsk,
-                            mask=n_mask, other=0.0).to(tl.float32)
-            zero = tl.load(b_zero_ptr + expert * stride_bse + offs_n * stride_bsn + group_idx * stride_bsk,
-                           mask=n_mask, other=0).to(tl.float32)
-            w = ((magic - (zero + 8388608.0)[:, None]) * scale[:, None]).to(a.dtype)
+        offs_g = (k0 * BLOCK_K) // GROUP_K + tl.arange(0, NG)
+        sz_offs = expert * stride_bse + offs_n[:, None] * stride_bsn + offs_g[None, :] * stride_bsk
+        scale = tl.load(b_scale_ptr + sz_offs, mask=n_mask[:, None], other=0.0).to(tl.float32)
+        zero = tl.load(b_zero_ptr + sz_offs, mask=n_mask[:, None], other=0).to(tl.float32)
+        w3 = magic.reshape(BLOCK_N, NG, GW)
+        w = ((w3 - (zero + 8388608.0)[:, :, None]) * scale[:, :, None]).reshape(BLOCK_N, BLOCK_K).to(a.dtype)
         acc = _dot_acc(a, tl.trans(w), acc, DOT_UPCAST)
     # -- epilogue ------------------------------------------------------------------------------
     if HAS_BIAS:
