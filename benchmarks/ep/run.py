@@ -314,7 +314,7 @@ def format_row(r: dict) -> str:
 
 LEGEND = """\
 Columns: exp.rows = rows the busiest rank's experts ran (all-to-all: (token, slot) rows received,
-each a token with one valid slot of k; naive: every rank's tokens); dispatch / experts / combine =
+each a token of one slot; naive: every rank's tokens); dispatch / experts / combine =
 prepare, experts.apply, finalize, each between fences, and layer = the whole kernel call (median
 over iterations of the slowest rank, us); d% e% c% = each phase's share of their sum; disp / comb
 MB = bytes the busiest rank sends to other ranks per call and GB/s = those bytes / the phase time;

@@ -161,3 +161,21 @@ def test_explain_cli_checkpoint_and_errors(tmp_path, capsys):
     assert "unknown backend 'marlin'" in capsys.readouterr().out
     assert main(["explain", "--platform", "tpu"]) == 2
     assert "unknown platform 'tpu'" in capsys.readouterr().err
+
+
+def test_experts_take_fewer_slots_than_top_k(fp8_kernel):
+    """Rows of one slot each (what the all-to-all dispatch hands the experts), summed per token, are
+    the layer's output on the same routing; more slots than top_k or mismatched shapes are refused."""
+    x, w, ids = _inputs(m=5)
+    ids[2, 1] = -1  # a padding slot: its row is all zero
+    whole = fp8_kernel(hidden_states=x, topk_weights=w, topk_ids=ids)
+    rows = fp8_kernel.experts.apply(hidden_states=x.repeat_interleave(K_TOP, dim=0), topk_weights=w.reshape(-1, 1),
+                                    topk_ids=ids.reshape(-1, 1))
+    assert torch.all(rows.reshape(5, K_TOP, H)[2, 1] == 0)
+    # float32 throughout: the per-slot products are the same; only the order of the slot sum differs
+    torch.testing.assert_close(rows.reshape(5, K_TOP, H).sum(dim=1), whole, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"1 <= S <= top_k = 2"):
+        fp8_kernel.experts.apply(hidden_states=x, topk_weights=torch.cat([w, w[:, :1]], 1),
+                                 topk_ids=torch.cat([ids, ids[:, :1]], 1))
+    with pytest.raises(ValueError, match="same shape"):
+        fp8_kernel.experts.apply(hidden_states=x, topk_weights=w[:, :1], topk_ids=ids)

@@ -17,6 +17,9 @@ Cases, all bfloat16 with the experts forced to ``triton``:
   ``unquantized``, ``fp8_block`` and ``int8_w8a8``. Bounds as in the gloo suite: all-to-all
   ``|d| <= 2u (T + |ref|)``, naive ``|d| <= (ep + 1) u (T + |ref|)``, ``fp8_tensor_dynamic``
   Frobenius 5%.
+  Every Triton layer of the suite (single-process and parallel) runs one pinned launch config
+  (``_parallel_suite._pin_triton_configs``): the bounds above assume each row is computed the same
+  way in both layers, which different configs for their different row counts do not give.
 * TP at the world size for ``fp8_block`` (I 640) and ``int4_w4a16`` (I 384), padded shards
   (at TP 8 every shard is one 128-column unit or only padding): relative Frobenius
   ``(tp + 1) u`` against TP 1 on the same GPU.

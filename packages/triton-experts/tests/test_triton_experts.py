@@ -72,6 +72,28 @@ def test_scheme_matches_reference(tmp_path, scheme, m, e, h, i):
         assert torch.all(out[1] == 0)  # padding row
 
 
+@pytest.mark.parametrize("scheme", ["fp8_block", "int4_w4a16", "unquantized"])
+def test_single_slot_rows_match_the_reference(tmp_path, scheme):
+    """Rows of one slot each (the all-to-all dispatch's received rows), summed per token, against the
+    reference layer; then the same row count routed with two slots (the plans are per (M, slots))."""
+    _, weights, act = _case(tmp_path, scheme, e=8, h=256, i=128, bias=False, seed=5)
+    config = MoEConfig(num_experts=8, top_k=2, hidden_size=256, intermediate_size=128, activation=act,
+                       in_dtype=torch.bfloat16)
+    kernel = make_kernel(weights=weights.to(DEVICE), config=config, platform=PLATFORM, force="triton")
+    reference = make_kernel(weights=weights, config=config, platform=PLATFORM, force="reference")
+    x, tw, ids = _inputs(9, 2, 8, 256, seed=11)
+    rows = kernel.experts.apply(hidden_states=x.repeat_interleave(2, dim=0), topk_weights=tw.reshape(-1, 1),
+                                topk_ids=ids.reshape(-1, 1))
+    out = rows.float().reshape(9, 2, -1).sum(dim=1).cpu()
+    ref = reference(hidden_states=x.cpu(), topk_weights=tw.cpu(), topk_ids=ids.cpu())
+    assert rel(out, ref) < BOUND_VS_REFERENCE, scheme
+    assert torch.all(out[1] == 0)  # the padding row's two slots
+    x18, tw18, ids18 = _inputs(18, 2, 8, 256, seed=12)  # 18 tokens again, now of two slots
+    out18 = kernel(hidden_states=x18, topk_weights=tw18, topk_ids=ids18).cpu()
+    ref18 = reference(hidden_states=x18.cpu(), topk_weights=tw18.cpu(), topk_ids=ids18.cpu())
+    assert rel(out18, ref18) < BOUND_VS_REFERENCE, scheme
+
+
 @pytest.mark.parametrize("scheme", ["fp8_block", "int4_w4a16", "mxfp4_w4a16", "unquantized"])
 def test_expert_map(tmp_path, scheme):
     e, h, i = 4, 128, 128

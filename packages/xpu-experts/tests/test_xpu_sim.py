@@ -79,6 +79,24 @@ def test_oracle_picks_xpu_and_matches_references(tmp_path, scheme):
     assert rel(out, ref_moe(x, logits)) < bound_ref
 
 
+@pytest.mark.parametrize("scheme", ["int4_w4a16", "fp8_block"])
+def test_single_slot_rows(tmp_path, scheme):
+    """Rows of one slot each (the all-to-all dispatch's received rows) are padded to the kernel's
+    top_k slots; summed per token they match float64 math on the dense weights."""
+    _, bound_dense, _ = SCHEMES[scheme]
+    ckpt = write_tiny_checkpoint(tmp_path / scheme, scheme=scheme, num_experts=E, top_k=TOP, hidden_size=H,
+                                 intermediate_size=INTER, seed=4)
+    moe = QuantizedMoE.from_checkpoint(ckpt.path, 0, dtype=torch.bfloat16, platform=XPU)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(13, H, generator=gen).to(torch.bfloat16)
+    topk = moe.route(torch.randn(13, E, generator=gen))
+    rows = moe.kernel.experts.apply(hidden_states=x.repeat_interleave(TOP, dim=0),
+                                    topk_weights=topk.weights.reshape(-1, 1), topk_ids=topk.ids.reshape(-1, 1))
+    out = rows.float().reshape(13, TOP, H).sum(dim=1)
+    ref = dense64(x, ckpt.w13[0], ckpt.w2[0], topk.ids, topk.weights)
+    assert rel(out, ref) < bound_dense
+
+
 def _local(weights: wl.ExpertWeights, index: list[int]) -> wl.ExpertWeights:
     """The experts ``index`` of canonical weights (what a rank would load)."""
     def pick(w):

@@ -210,8 +210,10 @@ class Experts(ABC):
     ) -> torch.Tensor:
         """The weighted sum over each token's experts: ``[M, H]`` in the config's result dtype.
 
-        ``topk_ids`` ``[M, k]`` hold global expert ids (negative = padding slot, contributes 0);
-        ``topk_weights`` ``[M, k]`` float. ``out`` (optional) receives the result.
+        ``topk_ids`` ``[M, S]`` hold global expert ids (negative = padding slot, contributes 0);
+        ``topk_weights`` ``[M, S]`` float. ``S`` slots, ``1 <= S <= config.top_k``: the layer's
+        ``top_k`` for routed tokens, 1 for rows that arrive one (token, slot) pair each (the
+        all-to-all dispatch). ``out`` (optional) receives the result.
         """
         self.validate_inputs(hidden_states=hidden_states, topk_weights=topk_weights, topk_ids=topk_ids)
         if out is not None and (tuple(out.shape) != tuple(hidden_states.shape) or out.dtype != self.config.result_dtype):
@@ -245,10 +247,13 @@ class Experts(ABC):
                              "swapped?)")
         if not topk_weights.is_floating_point():
             raise ValueError(f"topk_weights must be floating point, got {topk_weights.dtype}")
-        expected = [m, cfg.top_k]
         for name, t in (("topk_ids", topk_ids), ("topk_weights", topk_weights)):
-            if list(t.shape) != expected:
-                raise ValueError(f"{name} must be {expected} (tokens x top_k), got {list(t.shape)}")
+            if t.dim() != 2 or t.shape[0] != m or not 1 <= t.shape[1] <= cfg.top_k:
+                raise ValueError(f"{name} must be [{m}, S] (tokens x slots, 1 <= S <= top_k = {cfg.top_k}), "
+                                 f"got {list(t.shape)}")
+        if topk_ids.shape != topk_weights.shape:
+            raise ValueError(f"topk_ids {list(topk_ids.shape)} and topk_weights {list(topk_weights.shape)} must have "
+                             "the same shape")
         if m and topk_ids.numel():
             if topk_ids.device.type == "cpu":
                 top = int(topk_ids.max())

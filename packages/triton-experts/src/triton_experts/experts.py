@@ -126,7 +126,7 @@ class TritonExperts(Experts):
         self.b2 = None if w.w2_bias is None else w.w2_bias.to(torch.float32)
         self._device = None
         self.last_configs: tuple[tuple[LaunchConfig, bool], ...] = ()
-        self._plans: dict[tuple[int, torch.device], _CallPlan] = {}
+        self._plans: dict[tuple[int, int, torch.device], _CallPlan] = {}
         self._act_code = _ACT_CODES.get(cfg.activation)
         self._q13 = _fused_quant(self.quant.a13.key, self.quant.a13.scale)
         self._q2 = _fused_quant(self.quant.a2.key, self.quant.a2.scale)
@@ -152,7 +152,7 @@ class TritonExperts(Experts):
         self._plans.clear()
 
     def _call_plan(self, m: int, top_k: int, device: torch.device) -> _CallPlan:
-        """Configs and frozen GEMM launches for M tokens (cached per M)."""
+        """Configs and frozen GEMM launches for M tokens of ``top_k`` slots (cached per (M, slots, device))."""
         from .kernels._generated_moe import VARIANTS
         from .kernels.launch import plan_gemm
 
@@ -176,7 +176,7 @@ class TritonExperts(Experts):
         plan = _CallPlan(g1=g1, g2=g2, configs=((c1, tuned1), (c2, tuned2)))
         if len(self._plans) > 64:
             self._plans.clear()
-        self._plans[(m, device)] = plan
+        self._plans[(m, top_k, device)] = plan
         return plan
 
     def _quantize(self, x: torch.Tensor, key: QuantKey | None, static: torch.Tensor | None
@@ -193,7 +193,7 @@ class TritonExperts(Experts):
             self._to(device)
         cfg = self.config
         m, k = topk_ids.shape
-        plan = self._plans.get((m, device)) or self._call_plan(m, k, device)
+        plan = self._plans.get((m, k, device)) or self._call_plan(m, k, device)
         self.last_configs = plan.configs
         g1p, g2p = plan.g1, plan.g2
         alignment = align_by_expert_triton(topk_ids, num_local_experts=cfg.num_local_experts,

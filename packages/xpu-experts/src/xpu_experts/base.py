@@ -125,6 +125,11 @@ class XPUExpertsBase(Experts):
         if a13.key is not None:  # the scheme quantizes GEMM1's input; the native kernel takes bf16/fp16
             qa = quantize_activation(x, a13.key, static_scale=a13.scale)
             x = dequantize_activation(qa).to(hidden_states.dtype)
+        slots = topk_ids.shape[1]
+        if slots < self.config.top_k:  # the kernel object is built for top_k slots: pad with empty slots
+            pad = self.config.top_k - slots
+            topk_ids = torch.cat([topk_ids, topk_ids.new_full((topk_ids.shape[0], pad), -1)], dim=1)
+            topk_weights = torch.cat([topk_weights, topk_weights.new_zeros((topk_weights.shape[0], pad))], dim=1)
         out = torch.empty_like(hidden_states, dtype=self.config.result_dtype)
         self.adapter.apply(output=out, hidden_states=x, topk_weights=topk_weights, topk_ids=topk_ids)
         return out

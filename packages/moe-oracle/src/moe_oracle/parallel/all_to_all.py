@@ -4,9 +4,10 @@ prepare: the valid (token, slot) pairs are grouped by owning rank (:func:`expert
 per-rank split sizes exchanged (``all_to_all_single`` on an int64 ``[ep_size]``), and one row per
 pair sent with a second ``all_to_all_single``: the token's activations through the layer's
 :class:`~moe_oracle.parallel.wire.RowCodec` (quantized where that is exact), its global expert id
-(int32) and its router weight. The receiving rank's experts run on the received rows as tokens
-with one slot (``topk_ids[:, 0]`` = the expert, the other slots -1), so they apply the router
-weight themselves.
+(int32) and its router weight. The split sizes are the one read-back to the host. The receiving
+rank's experts run on the received rows as tokens of one slot (``topk_ids`` / ``topk_weights``
+``[R, 1]``: the expert and the router weight), so they apply the router weight themselves and
+size their work by the rows they actually run.
 
 finalize: the weighted rows go back with the reverse splits, and the source rank sums each
 token's rows in float32, in ascending global expert id (the order of the single-process
@@ -59,34 +60,32 @@ class AllToAllPrepareFinalize:
         device = hidden_states.device
         m, k = topk_ids.shape
         flat = topk_ids.reshape(-1).to(torch.int64)
-        pairs = torch.nonzero(flat >= 0).reshape(-1)
-        experts = flat[pairs]
-        dest = self.owners.to(device)[experts]
+        valid = flat >= 0
+        # every slot gets a destination; padding slots go to a bucket past the last rank, sorted last
+        dest = torch.where(valid, self.owners.to(device)[flat.clamp(min=0)], self.size)
         send_order = torch.argsort(dest, stable=True)
-        send_pairs = pairs[send_order]
-        send = torch.bincount(dest, minlength=self.size)
+        send = torch.bincount(dest, minlength=self.size + 1)[: self.size]
         recv = exchange_counts(send, group=self.group)
+        counts = torch.cat([send, recv]).tolist()  # the one read-back to the host: split sizes
+        send_counts, recv_counts = counts[: self.size], counts[self.size:]
+        send_pairs = send_order[: sum(send_counts)]  # the valid (token, slot) pairs, grouped by rank
         x = self.codec.encode(hidden_states)
         ids = to_bytes(flat[send_pairs].to(torch.int32).reshape(-1, 1))
         weights = to_bytes(topk_weights.reshape(-1)[send_pairs].reshape(-1, 1))
         rows = torch.cat([x[torch.div(send_pairs, k, rounding_mode="floor")], ids, weights], dim=1)
-        send_counts, recv_counts = send.tolist(), recv.tolist()
         got = all_to_all_rows(rows, send_counts=send_counts, recv_counts=recv_counts, group=self.group)
         a, b = x.shape[1], x.shape[1] + ids.shape[1]
-        r = got.shape[0]
-        got_ids = topk_ids.new_full((r, k), -1)
-        got_ids[:, 0] = from_bytes(got[:, a:b], torch.int32, (1,))[:, 0].to(topk_ids.dtype)
-        got_weights = topk_weights.new_zeros((r, k))
-        got_weights[:, 0] = from_bytes(got[:, b:], topk_weights.dtype, (1,))[:, 0]
         # the combine adds each token's rows in ascending expert id (ties: slot order), as the reference does
         position = torch.empty_like(send_order)
         position[send_order] = torch.arange(send_order.numel(), device=device)
-        by_expert = torch.argsort(experts, stable=True)
+        by_expert = torch.argsort(torch.where(valid, flat, self.config.num_experts), stable=True)[: send_pairs.numel()]
         state = _DispatchState(num_tokens=m, send_counts=send_counts, recv_counts=recv_counts,
                                sum_rows=position[by_expert],
-                               sum_tokens=torch.div(pairs[by_expert], k, rounding_mode="floor"))
-        return Prepared(hidden_states=self.codec.decode(got[:, :a]), topk_weights=got_weights, topk_ids=got_ids,
-                        state=state)
+                               sum_tokens=torch.div(by_expert, k, rounding_mode="floor"))
+        # the received rows are tokens of one slot each: (row, its expert, its router weight)
+        return Prepared(hidden_states=self.codec.decode(got[:, :a]),
+                        topk_weights=from_bytes(got[:, b:], topk_weights.dtype, (1,)),
+                        topk_ids=from_bytes(got[:, a:b], torch.int32, (1,)).to(topk_ids.dtype), state=state)
 
     def finalize(self, *, output: torch.Tensor, prepared: Prepared) -> torch.Tensor:
         state = prepared.state

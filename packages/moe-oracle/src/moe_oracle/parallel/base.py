@@ -97,7 +97,26 @@ class PrepareFinalize(Protocol):
 
 def check_inputs(config: MoEConfig, *, hidden_states: torch.Tensor, topk_weights: torch.Tensor,
                  topk_ids: torch.Tensor) -> None:
-    """Clear errors for this rank's inputs, raised before any collective is entered."""
+    """Clear errors for this rank's inputs, raised before any collective is entered (an expert id out
+    of range on an accelerator: a device-side assertion, as the experts do, with no host synchronization)."""
+    check_shapes(config, hidden_states=hidden_states, topk_weights=topk_weights, topk_ids=topk_ids)
+    if not topk_ids.numel():
+        return
+    if topk_ids.device.type == "cpu":
+        top = int(topk_ids.max())
+        if top >= config.num_experts:
+            raise ValueError(f"topk_ids holds expert id {top}; valid ids are 0..{config.num_experts - 1} "
+                             "(negative ids mark padding slots)")
+    else:  # no host synchronization on an accelerator: a device-side assertion fails the stream loudly
+        torch._assert_async(topk_ids.max() < config.num_experts,
+                            f"topk_ids holds an expert id >= {config.num_experts}; valid ids are "
+                            f"0..{config.num_experts - 1} (negative ids mark padding slots)")
+
+
+def check_shapes(config: MoEConfig, *, hidden_states: torch.Tensor, topk_weights: torch.Tensor,
+                 topk_ids: torch.Tensor) -> None:
+    """The layer's input contract without reading data: ``[M, H]`` activations in the layer's dtype,
+    ``[M, top_k]`` integer ids and float weights."""
     if not isinstance(hidden_states, torch.Tensor) or hidden_states.dim() != 2 \
             or hidden_states.shape[1] != config.hidden_size:
         got = list(hidden_states.shape) if isinstance(hidden_states, torch.Tensor) else type(hidden_states).__name__
@@ -114,6 +133,3 @@ def check_inputs(config: MoEConfig, *, hidden_states: torch.Tensor, topk_weights
     for name, t in (("topk_ids", topk_ids), ("topk_weights", topk_weights)):
         if list(t.shape) != expected:
             raise ValueError(f"{name} must be {expected} (tokens x top_k), got {list(t.shape)}")
-    if topk_ids.numel() and int(topk_ids.max()) >= config.num_experts:
-        raise ValueError(f"topk_ids holds expert id {int(topk_ids.max())}; valid ids are 0..{config.num_experts - 1} "
-                         "(negative ids mark padding slots)")

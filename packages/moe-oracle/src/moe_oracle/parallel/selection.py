@@ -111,7 +111,7 @@ def build_prepare_finalize(*, config: MoEConfig, quant: MoEQuantConfig,
     choice = select_prepare_finalize(config=config, parallel=parallel, quant=quant, tp_size=tp_size)
     pf: PrepareFinalize
     if choice.kind is PrepareFinalizeKind.LOCAL:
-        pf = LocalPrepareFinalize()
+        pf = LocalPrepareFinalize(config=config)
     else:
         assert parallel is not None
         group = resolve_group(parallel.ep_group)
