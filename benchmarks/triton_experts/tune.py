@@ -29,15 +29,16 @@ from run import MODELS, make_weights, routing
 
 from triton_experts.tuning import CONFIG_DIR, LaunchConfig, file_name
 
-BYTES = {"bf16": 2, "fp8_block": 1, "int4_w4a16": 2}  # bytes per element of the tiles in shared memory
+# bytes per element of the (A, W) tiles in shared memory: int4 weights stay packed there (8 per int32)
+BYTES = {"bf16": (2, 2), "fp8_block": (1, 1), "int4_w4a16": (2, 0.5)}
 SMEM = 200 * 1024
 
 
 def candidates(scheme: str, rows_per_expert: int, k_granule: int, group: int) -> list[LaunchConfig]:
     from triton_experts.kernels.launch import fits_group
 
-    if rows_per_expert <= 16:  # decode: one BLOCK_M block per expert, memory bound
-        space = itertools.product((16,), (32, 64, 128), (128, 256), (4,), (2, 3, 4, 5))
+    if rows_per_expert <= 16:  # decode: one BLOCK_M block per expert, memory bound: bytes in flight
+        space = itertools.product((16,), (32, 64, 128, 256), (64, 128, 256), (4, 8), (2, 3, 4, 5, 6))
     elif rows_per_expert <= 96:
         space = itertools.product((32, 64), (64, 128, 256), (64, 128), (4, 8), (3, 4))
     else:
@@ -46,9 +47,10 @@ def candidates(scheme: str, rows_per_expert: int, k_granule: int, group: int) ->
     for bm, bn, bk, warps, stages in space:
         if (k_granule and k_granule % bk) or not fits_group(bk, group):
             continue
-        if warps == 8 and bm * bn < 64 * 128:
+        if warps == 8 and bm * bn < 64 * 128 and bn < 128:
             continue
-        if stages * (bm * bk + bk * bn) * BYTES[scheme] > SMEM:
+        a_bytes, w_bytes = BYTES[scheme]
+        if stages * (bm * bk * a_bytes + bk * bn * w_bytes) > SMEM:
             continue
         if bm == 128 and bn == 256 and warps == 4:
             continue
@@ -88,7 +90,7 @@ def _time(ex, name, gemm, scheme, ids, k, cfg, rep):
     a, a_scale = _operands(scheme, m if name == "w13" else m * k, kk)
     e = w["weight"].shape[0]
     al = align_by_expert_triton(ids, num_local_experts=e, num_experts=e, block_m=cfg.BLOCK_M)
-    out = torch.empty(m * k, n, device="cuda", dtype=torch.float32)
+    out = torch.empty(m * k, n, device="cuda", dtype=torch.bfloat16)  # as the experts store GEMM outputs
     tw = torch.rand(m * k, device="cuda") if name == "w2" else None
     plan = plan_gemm(variant=ex.variant_name, weight=w["weight"], scale=w.get("scale"), zero=w.get("zero"),
                      bias=None, top_k=k if name == "w13" else 1, n=n, k=kk, group_k=group, config=cfg)
