@@ -8,12 +8,19 @@ Modes of the probe kernel (mode 0 = the generated kernel as shipped):
   4  even/odd split, codes by int->float conversion, zero and scale after the dot
   5, 6  modes 3 and 2 with A and W swapped (C^T = W A^T: the weight tile on the MMA's wide side)
   7, 8  modes 2 and 4 with the weight tile loaded as [BLOCK_K / 2, BLOCK_N] (no transpose)
+  9  mode 3 with A's two halves loaded as contiguous runs (k in [0, BLOCK_K/2) and [BLOCK_K/2,
+     BLOCK_K)), as a packing of low nibble = k, high nibble = k + BLOCK_K/2 would allow; timing
+     only (the weights are packed even/odd, so its output is not checked)
 For each mode the best of a small config grid per GEMM, beside the weight-bandwidth floor, with
 the TTGIR's layout conversions for the M=8 winners. H100 results (2026-11-24, M=8 GEMM1 / GEMM2 over
 the floor): DeepSeek-V3 m0 before this probe 2.23 / 2.19, m1 2.63 / 2.58, m2 1.99 / 1.98, m3 1.80 /
 1.88, m4 2.60 / 2.68, m5 1.93 / 2.13, m6 2.30 / 2.27, m7 1.90 / 1.85, m8 2.48 / 2.39. The weight
 tiles go from shared memory to the dot operand without a layout conversion in every mode; what keeps
-them near 1.8x is not the dequantization's arithmetic. Diagnostic only.
+them near 1.8x is not the dequantization's arithmetic. Mode 9 (2026-11-24, session 4, BLOCK_N up to
+256; benchmarks/results/triton_experts-int4_probe9-NVIDIA_H100_80GB_HBM3.txt): contiguous A halves
+instead of stride-2 ones are no faster (DeepSeek M=8 GEMM1 / GEMM2 1.90 / 1.91 vs mode 3's 1.80 /
+1.88; M=32 1.68 / 1.73 vs 1.64 / 1.71), so a weight packing that pairs k with k + BLOCK_K/2 would not
+help either. Diagnostic only.
 """
 
 from __future__ import annotations
@@ -80,10 +87,16 @@ def probe_int4(
     acc_t = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for k0 in range(0, K // BLOCK_K):
         kb = k0 * BLOCK_K
-        a_e = tl.load(a_ptr + a_rows[:, None] * stride_am + (kb + 2 * offs_j)[None, :] * stride_ak,
-                      mask=row_mask[:, None], other=0.0)
-        a_o = tl.load(a_ptr + a_rows[:, None] * stride_am + (kb + 2 * offs_j + 1)[None, :] * stride_ak,
-                      mask=row_mask[:, None], other=0.0)
+        if MODE == 9:  # contiguous halves
+            a_e = tl.load(a_ptr + a_rows[:, None] * stride_am + (kb + offs_j)[None, :] * stride_ak,
+                          mask=row_mask[:, None], other=0.0)
+            a_o = tl.load(a_ptr + a_rows[:, None] * stride_am + (kb + BLOCK_K // 2 + offs_j)[None, :] * stride_ak,
+                          mask=row_mask[:, None], other=0.0)
+        else:
+            a_e = tl.load(a_ptr + a_rows[:, None] * stride_am + (kb + 2 * offs_j)[None, :] * stride_ak,
+                          mask=row_mask[:, None], other=0.0)
+            a_o = tl.load(a_ptr + a_rows[:, None] * stride_am + (kb + 2 * offs_j + 1)[None, :] * stride_ak,
+                          mask=row_mask[:, None], other=0.0)
         packed = tl.load(b_base + offs_n[:, None] * stride_bn + (k0 * (BLOCK_K // 2) + offs_j)[None, :] * stride_bk,
                          mask=n_mask[:, None], other=0)
         g = kb // GROUP_K
@@ -91,7 +104,7 @@ def probe_int4(
                         mask=n_mask, other=0.0).to(tl.float32)
         zero = tl.load(b_zero_ptr + expert * stride_bse + offs_n * stride_bsn + g * stride_bsk,
                        mask=n_mask, other=0).to(tl.float32)
-        if MODE >= 7:  # weight tile loaded as [BLOCK_K / 2, BLOCK_N]: the dot's B operand without a transpose
+        if MODE == 7 or MODE == 8:  # noqa: PLR1714  weight tile loaded as [BLOCK_K / 2, BLOCK_N]: no transpose
             packed_t = tl.load(b_base + offs_n[None, :] * stride_bn + (k0 * (BLOCK_K // 2) + offs_j)[:, None] * stride_bk,
                                mask=n_mask[None, :], other=0)
             if MODE == 7:
@@ -115,7 +128,7 @@ def probe_int4(
             if MODE == 2 or MODE == 6:  # noqa: PLR1714 (constexpr compares)
                 lo = ((packed & 0xF).to(tl.int16) | 0x4300).to(tl.bfloat16, bitcast=True)
                 hi = ((packed >> 4).to(tl.int16) | 0x4300).to(tl.bfloat16, bitcast=True)
-            elif MODE == 3 or MODE == 5:  # noqa: PLR1714
+            elif MODE == 3 or MODE == 5 or MODE == 9:  # noqa: PLR1714
                 lo, hi = _nibble_values(packed, tl.bfloat16, True)  # the shipped PTX dequantization
             else:
                 lo = ((packed & 0xF).to(tl.float32) + 128.0).to(tl.bfloat16)
@@ -159,10 +172,13 @@ def run_probe(plan, *, mode, a, out, topk_weights, alignment):
         GROUP_M=c.GROUP_M, MODE=mode, SWAP=mode in (5, 6), num_warps=c.num_warps, num_stages=c.num_stages)
 
 
-MODES = (0, 1, 2, 3, 4, 5, 6, 7, 8)
+MODES = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)
+TIMING_ONLY = (9,)
 
 
 def main() -> None:
+    import argparse
+
     import triton.testing
     from run import MODELS, routing
     from tune import _setup
@@ -171,12 +187,20 @@ def main() -> None:
     from triton_experts.kernels.launch import plan_gemm
     from triton_experts.tuning import LaunchConfig
 
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="deepseek,mixtral,qwen3")
+    ap.add_argument("--m", default="1,8,32")
+    ap.add_argument("--modes", default=",".join(map(str, MODES)))
+    ap.add_argument("--block-n", default="64,128", help="BLOCK_N values of the config grid")
+    args = ap.parse_args()
+    modes = [int(x) for x in args.modes.split(",")]
+    bns = [int(x) for x in args.block_n.split(",")]
     bw = 3.0e12
-    for model in ("deepseek", "mixtral", "qwen3"):
+    for model in args.models.split(","):
         d = MODELS[model]
         e, k = d["e"], d["k"]
         ex, gemms = _setup(model, "int4_w4a16")
-        for m in (1, 8, 32):
+        for m in [int(x) for x in args.m.split(",")]:
             _, ids = routing(m, e, k, seed=m)
             hit = int(torch.unique(ids).numel())
             for name, (n, kk, w, group) in gemms.items():
@@ -186,10 +210,9 @@ def main() -> None:
                 floor_us = hit * n * kk * (0.5 + 4 / 128) / bw * 1e6
                 ref = None
                 line = [f"{model:8s} {name} M={m:3d} floor {floor_us:7.1f} us"]
-                for mode in MODES:
+                for mode in modes:
                     best = None
                     bks = (128, 256) if mode == 0 else (128,)
-                    bns = (64, 128)
                     for bn, bk, stages in itertools.product(bns, bks, (2, 3, 4, 5)):
                         cfg = LaunchConfig(16, bn, bk, 1, 4, stages)
                         al = align_by_expert_triton(ids, num_local_experts=e, num_experts=e, block_m=16)
@@ -204,7 +227,9 @@ def main() -> None:
                             print(f"  mode {mode} {cfg}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
                             continue
                         valid = al.sorted_ids[al.sorted_ids < m * k].long()
-                        if ref is None:
+                        if mode in TIMING_ONLY:
+                            pass
+                        elif ref is None:
                             ref = out.clone()
                         else:
                             err = ((out[valid] - ref[valid]).norm() / ref[valid].norm()).item()
