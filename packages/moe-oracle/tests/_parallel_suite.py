@@ -349,7 +349,7 @@ def _suite_xpu(v: Verdicts, rank: int, world: int, payload: dict, backend: str) 
                                                 dtypes=(torch.bfloat16,)))
 
 
-def _pin_triton_configs(world: int, device: torch.device) -> None:
+def _pin_triton_configs(device: torch.device) -> None:
     """One Triton launch config for every M of the suite's shapes (``QMOE_TRITON_CONFIG_DIR``, files
     in the tuned-config format), so the single-process and the parallel layers run each row through
     the same tiles. Otherwise their different row counts pick different configs (16-row mma vs
@@ -366,14 +366,13 @@ def _pin_triton_configs(world: int, device: torch.device) -> None:
     for variant, meta in VARIANTS.items():
         block_k = min(128, meta["k_granule"] or 128)  # a K tile never spans two activation scale groups
         pinned = {"1": dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=block_k, GROUP_M=1, num_warps=4, num_stages=2)}
-        for e in {E, E // world}:
-            for n, k in ((2 * I_EP, H), (I_EP, H), (H, I_EP)):  # GEMM1 (gated or not), GEMM2
-                (folder / file_name(e=e, n=n, k=k, variant=variant, device=name)).write_text(json.dumps(pinned))
+        for n, k in ((2 * I_EP, H), (I_EP, H), (H, I_EP)):  # GEMM1 (gated or not), GEMM2; EP ranks read the model's E
+            (folder / file_name(e=E, n=n, k=k, variant=variant, device=name)).write_text(json.dumps(pinned))
     os.environ[ENV_DIR] = str(folder)
 
 
 def _suite_triton(v: Verdicts, rank: int, world: int, payload: dict, backend: str) -> None:
-    _pin_triton_configs(world, torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu"))
+    _pin_triton_configs(torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu"))
     run_ep_suite(v, rank, world, payload, Setup(platform="cuda:9.0", force=None, backend="triton",
                                                 schemes=TRITON_SCHEMES, dtypes=(torch.bfloat16,), variants=False))
 
@@ -393,7 +392,7 @@ def _suite_triton_all(v: Verdicts, rank: int, world: int, payload: dict, backend
     """
     on_gpu = backend == "nccl"
     device, platform = ("cuda", None) if on_gpu else ("cpu", "cuda:9.0")
-    _pin_triton_configs(world, torch.device("cuda", rank) if on_gpu else torch.device("cpu"))
+    _pin_triton_configs(torch.device("cuda", rank) if on_gpu else torch.device("cpu"))
     run_ep_suite(v, rank, world, payload, Setup(platform=platform, force="triton", backend="triton",
                                                 schemes=_triton_ep_schemes(), dtypes=(torch.bfloat16,),
                                                 device=device, cross_reference=CROSS_SCHEMES))

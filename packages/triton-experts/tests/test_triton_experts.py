@@ -94,6 +94,41 @@ def test_single_slot_rows_match_the_reference(tmp_path, scheme):
     assert rel(out18, ref18) < BOUND_VS_REFERENCE, scheme
 
 
+def test_expert_parallel_rank_reads_the_models_tuned_configs(tmp_path, monkeypatch):
+    """An EP rank (4 of 8 experts) running single-slot rows looks up the model's tuned file (E = 8) at
+    the token count that gives each expert as many rows (rows * 1 * 8 / (4 * 2)), and runs it right."""
+    from triton_experts import tuning
+    from weight_layouts import select_experts
+
+    e, h, i = 8, 256, 128
+    _, weights, act = _case(tmp_path, "fp8_block", e=e, h=h, i=i, bias=False, seed=3)
+    config = MoEConfig(num_experts=e, top_k=2, hidden_size=h, intermediate_size=i, activation=act,
+                       in_dtype=torch.bfloat16, ep_rank=0, ep_size=2)
+    local = select_experts(weights, [0, 1, 2, 3])
+    kernel = make_kernel(weights=local.to(DEVICE), config=config, platform=PLATFORM, force="triton")
+    reference = make_kernel(weights=local, config=config, platform=PLATFORM, force="reference")
+    small = tuning.LaunchConfig(16, 32, 128, 1, 4, 2)
+    large = tuning.LaunchConfig(32, 64, 128, 1, 4, 2)
+    device = "cpu" if DEVICE == "cpu" else torch.cuda.get_device_name(DEVICE)
+    for n, k in ((2 * i, h), (h, i)):
+        name = tuning.file_name(e=e, n=n, k=k, variant=kernel.experts.variant_name, device=device)
+        (tmp_path / name).write_text(json.dumps({"1": small.as_dict(), "64": large.as_dict()}))
+    monkeypatch.setenv(tuning.ENV_DIR, str(tmp_path))
+    tuning._load.cache_clear()
+    try:
+        for rows, want in ((2, small), (40, large)):  # tokens 2 -> tuned M 1; tokens 40 -> tuned M 64
+            gen = torch.Generator().manual_seed(rows)
+            x = torch.randn(rows, h, generator=gen).to(torch.bfloat16)
+            ids = torch.randint(0, 4, (rows, 1), generator=gen, dtype=torch.int32)
+            tw = torch.rand(rows, 1, generator=gen)
+            out = kernel.experts.apply(hidden_states=x.to(DEVICE), topk_weights=tw.to(DEVICE), topk_ids=ids.to(DEVICE))
+            assert kernel.experts.last_configs == ((want, True), (want, True)), rows
+            ref = reference.experts.apply(hidden_states=x, topk_weights=tw, topk_ids=ids)
+            assert rel(out.cpu(), ref) < BOUND_VS_REFERENCE
+    finally:
+        tuning._load.cache_clear()
+
+
 @pytest.mark.parametrize("scheme", ["fp8_block", "int4_w4a16", "mxfp4_w4a16", "unquantized"])
 def test_expert_map(tmp_path, scheme):
     e, h, i = 4, 128, 128

@@ -161,13 +161,15 @@ class TritonExperts(Experts):
         n1 = self.weights.w13.rows
         meta = VARIANTS[self.variant_name]
         device_name = _device_name(device)
-        # configs are tuned per token count at the layer's top_k: m tokens of top_k slots (e.g. the
-        # all-to-all's single-slot rows) are looked up as the tokens holding as many (token, slot) rows
-        tokens = max(1, -(-m * top_k // cfg.top_k))
+        # configs are tuned per model (all E experts, top_k slots per token) and token count; the tile
+        # choice depends on the rows each expert sees, so m tokens of top_k slots (e.g. the all-to-all's
+        # single-slot rows) over this rank's experts are looked up as the model's token count that gives
+        # each expert as many rows: m * slots * E / (E_local * top_k)
+        tokens = max(1, -(-m * top_k * cfg.num_experts // (cfg.num_local_experts * cfg.top_k)))
         c1, tuned1 = get_config(m=tokens, n=n1, k=h, variant=self.variant_name, k_granule=meta["k_granule"],
-                                num_experts=cfg.num_local_experts, top_k=cfg.top_k, device=device_name)
+                                num_experts=cfg.num_experts, top_k=cfg.top_k, device=device_name)
         c2, tuned2 = get_config(m=tokens, n=h, k=i, variant=self.variant_name, k_granule=meta["k_granule"],
-                                num_experts=cfg.num_local_experts, top_k=cfg.top_k, device=device_name)
+                                num_experts=cfg.num_experts, top_k=cfg.top_k, device=device_name)
         c1, c2 = self._fit(c1, self.group13, h), self._fit(c2, self.group2, i)
         if c2.BLOCK_M != c1.BLOCK_M:  # one row grouping serves both GEMMs
             c2 = LaunchConfig(c1.BLOCK_M, c2.BLOCK_N, c2.BLOCK_K, c2.GROUP_M, c2.num_warps, c2.num_stages)

@@ -4,6 +4,9 @@ Files: ``configs/E{E}_N{N}_K{K}_{variant}_{device}.json`` (device name with ever
 other than letters and digits replaced by ``_``) mapping a token
 count M (as a string) to ``{"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages"}``.
 The nearest tuned M (on a log scale, ties to the smaller) wins. ``QMOE_TRITON_CONFIG_DIR`` adds a folder searched first.
+E is the model's expert count and M its token count (top_k slots each): an expert-parallel rank, or
+a call with fewer slots, looks its launches up at the model's token count that gives each expert as
+many rows (``TritonExperts`` does the conversion).
 benchmarks/triton_experts/tune.py writes these files.
 """
 
