@@ -7,7 +7,8 @@ import os
 import pytest
 import torch
 
-from triton_experts.align import Alignment, align_by_expert, align_by_expert_triton
+from triton_experts import align as align_module
+from triton_experts.align import Alignment, align_by_expert, align_by_expert_triton, align_for_experts
 
 CASES = [(1, 1, 4, 16), (7, 2, 4, 16), (33, 8, 16, 32), (5, 3, 64, 16), (300, 8, 256, 64)]
 
@@ -34,7 +35,17 @@ def test_alignment_triton(m, k, e, block, ep):
     _check_alignment(m, k, e, block, ep, triton=True)
 
 
-def _check_alignment(m, k, e, block, ep, *, triton):
+@pytest.mark.triton
+@pytest.mark.parametrize("one_launch_max", [0, 1 << 30], ids=["torch-sort", "one-launch"])
+@pytest.mark.parametrize("ep", [False, True])
+def test_alignment_for_experts(monkeypatch, one_launch_max, ep):
+    """The experts' dispatcher on either side of its row threshold (same contract both ways)."""
+    pytest.importorskip("triton")
+    monkeypatch.setattr(align_module, "ONE_LAUNCH_MAX_ROWS", one_launch_max)
+    _check_alignment(33, 8, 16, 32, ep, triton=True, align=align_for_experts)
+
+
+def _check_alignment(m, k, e, block, ep, *, triton, align=align_by_expert_triton):
     gen = torch.Generator().manual_seed(m * 100 + k)
     global_e = 2 * e if ep else e
     ids = torch.randint(0, global_e, (m, k), generator=gen, dtype=torch.int32)
@@ -45,8 +56,8 @@ def _check_alignment(m, k, e, block, ep, *, triton):
     if triton:
         dev = _triton_device()
         ids[-1, -1] = global_e + 3  # past the expert count: dropped
-        al = align_by_expert_triton(ids.to(dev), num_local_experts=e, num_experts=global_e, block_m=block,
-                                    expert_map=None if emap is None else emap.to(dev))
+        al = align(ids.to(dev), num_local_experts=e, num_experts=global_e, block_m=block,
+                   expert_map=None if emap is None else emap.to(dev))
         al = Alignment(sorted_ids=al.sorted_ids.cpu(), expert_ids=al.expert_ids.cpu(),
                        num_post_padded=al.num_post_padded.cpu(), num_valid=al.num_valid, block_m=block)
     else:

@@ -1,5 +1,9 @@
 """Group (token, slot) rows by expert for the grouped GEMM (no host synchronization): torch
-(:func:`align_by_expert`) and one Triton launch (:func:`align_by_expert_triton`, what the experts use).
+(:func:`align_by_expert`, a stable sort) and one Triton launch (:func:`align_by_expert_triton`, one
+program); :func:`align_for_experts` (what the experts call) takes the Triton launch for up to
+:data:`ONE_LAUNCH_MAX_ROWS` rows (decode: one launch instead of about fifteen) and the sort above
+(prefill: the single program places rows one atomic cursor at a time, 333 us of a 1766 us Qwen3
+layer at 65,536 rows on an H100; benchmarks/triton_experts/align_bench.py measures the crossover).
 
 ``align_by_expert(topk_ids, num_local_experts=, block_m=, expert_map=)`` flattens ``topk_ids``
 ``[M, k]`` into ``M * k`` slot rows, maps global ids to local ones (``expert_map``: -1 = not on
@@ -34,16 +38,19 @@ class Alignment:
 
 
 def align_by_expert(topk_ids: torch.Tensor, *, num_local_experts: int, block_m: int,
-                    expert_map: torch.Tensor | None = None) -> Alignment:
+                    expert_map: torch.Tensor | None = None, num_experts: int | None = None) -> Alignment:
+    """Torch form; ``num_experts`` (global, optional): ids at or past it are dropped, as the Triton form does.
+    Rows keep their order (token, slot) inside each expert's run."""
     flat = topk_ids.reshape(-1).to(torch.int64)
     num_valid = flat.numel()
     device = flat.device
     e = num_local_experts
+    in_range = flat >= 0 if num_experts is None else (flat >= 0) & (flat < num_experts)
     if expert_map is not None:
-        local = torch.where(flat >= 0, expert_map.to(device=device, dtype=torch.int64)[flat.clamp(min=0)],
-                            torch.full_like(flat, -1))
+        emap = expert_map.to(device=device, dtype=torch.int64)
+        local = torch.where(in_range, emap[flat.clamp(min=0, max=emap.numel() - 1)], torch.full_like(flat, -1))
     else:
-        local = torch.where((flat >= 0) & (flat < e), flat, torch.full_like(flat, -1))
+        local = torch.where(in_range & (flat < e), flat, torch.full_like(flat, -1))
     valid = local >= 0
     key = torch.where(valid, local, torch.full_like(local, e))  # not-local rows sort last
     sorted_key, order = torch.sort(key, stable=True)
@@ -111,6 +118,23 @@ def align_by_expert_triton(topk_ids: torch.Tensor, *, num_local_experts: int, nu
                      BLOCK_M=block_m, NB=nb, BLOCK=1024, BLOCK_B=max(1, min(64, 16384 // nb)), num_warps=8)
     return Alignment(sorted_ids=sorted_ids, expert_ids=expert_ids, num_post_padded=num_post_padded,
                      num_valid=num_valid, block_m=block_m)
+
+
+# (token, slot) rows up to which the one-program Triton alignment runs: on the H100 it is faster than
+# the torch sort up to 16,384 rows for 8, 128 and 256 experts (66-115 us vs ~150 us, CUDA-graph
+# replay) and slower at 65,536 (248-409 us vs ~155 us); benchmarks/results/triton_experts-align-*.txt
+ONE_LAUNCH_MAX_ROWS = 16384
+
+
+def align_for_experts(topk_ids: torch.Tensor, *, num_local_experts: int, num_experts: int, block_m: int,
+                      expert_map: torch.Tensor | None = None) -> Alignment:
+    """The experts' alignment: :func:`align_by_expert_triton` for up to :data:`ONE_LAUNCH_MAX_ROWS`
+    rows, :func:`align_by_expert` above (same contract; see the module docstring)."""
+    if topk_ids.numel() <= ONE_LAUNCH_MAX_ROWS:
+        return align_by_expert_triton(topk_ids, num_local_experts=num_local_experts, num_experts=num_experts,
+                                      block_m=block_m, expert_map=expert_map)
+    return align_by_expert(topk_ids, num_local_experts=num_local_experts, block_m=block_m, expert_map=expert_map,
+                           num_experts=num_experts)
 
 
 def triton_cdiv(a: int, b: int) -> int:

@@ -1,8 +1,8 @@
 """TritonExperts: fused-MoE Triton kernels behind the moe-oracle experts contract.
 
 Flow per forward (5-6 launches, no host synchronization, per-M decisions cached): group the
-(token, slot) rows by local expert (:func:`triton_experts.align.align_by_expert_triton`, 1
-launch), quantize the input per the scheme's activation key (fused kernel; torch for keys it
+(token, slot) rows by local expert (:func:`triton_experts.align.align_for_experts`: 1 launch
+at decode sizes, a torch sort at prefill sizes), quantize the input per the scheme's activation key (fused kernel; torch for keys it
 does not serve), GEMM1 (+bias) into ``[M * k, 2I]``, the activation fused with the
 quantization of its output, GEMM2 (+bias) with the top-k weight folded into its epilogue into
 ``[M * k, H]``, and a float32 sum over the k slots into the output dtype.
@@ -29,7 +29,7 @@ from moe_oracle import Activation, Capabilities, Experts, MoEConfig, Platform, R
 from moe_oracle.reference.activation_quant import quantize_activation
 from quantkeys import SCHEMES, Granularity, PlatformKind, QuantDType, QuantKey
 
-from .align import align_by_expert_triton, fused_kernels
+from .align import align_for_experts, fused_kernels
 from .kernels.launch import GemmPlan, run_gemm
 from .layout import LAYOUT
 from .tuning import LaunchConfig, get_config
@@ -201,9 +201,8 @@ class TritonExperts(Experts):
         plan = self._plans.get((m, k, device)) or self._call_plan(m, k, device)
         self.last_configs = plan.configs
         g1p, g2p = plan.g1, plan.g2
-        alignment = align_by_expert_triton(topk_ids, num_local_experts=cfg.num_local_experts,
-                                           num_experts=cfg.num_experts, block_m=g1p.config.BLOCK_M,
-                                           expert_map=self.expert_map)
+        alignment = align_for_experts(topk_ids, num_local_experts=cfg.num_local_experts, num_experts=cfg.num_experts,
+                                      block_m=g1p.config.BLOCK_M, expert_map=self.expert_map)
         # GEMM1 input
         if self.quant.a13.key is None:
             x, x_scale = hidden_states, None
