@@ -27,6 +27,12 @@ from .platform import Platform
 QuantPair = tuple[QuantKey | None, QuantKey | None]
 
 
+
+def expert_id_message(num_experts: int) -> str:
+    """The device-side assertion's message for an expert id out of range."""
+    return (f"topk_ids holds an expert id >= {num_experts}; valid ids are 0..{num_experts - 1} "
+            "(negative ids mark padding slots)")
+
 class RejectReason(enum.Enum):
     """Why a backend cannot serve a layer; tools filter on these."""
 
@@ -261,8 +267,11 @@ class Experts(ABC):
                     raise ValueError(f"topk_ids holds expert id {top}; valid ids are 0..{cfg.num_experts - 1} "
                                      "(negative ids mark padding slots)")
             else:
-                # No host synchronization on an accelerator (and CUDA-graph safe): a device-side
-                # assertion, which fails the stream (and the next synchronizing call) loudly.
-                torch._assert_async(topk_ids.max() < cfg.num_experts,
-                                    f"topk_ids holds an expert id >= {cfg.num_experts}; valid ids are "
-                                    f"0..{cfg.num_experts - 1} (negative ids mark padding slots)")
+                self.assert_expert_ids_on_device(topk_ids)
+
+    def assert_expert_ids_on_device(self, topk_ids: torch.Tensor) -> None:
+        """Accelerator inputs: a device-side assertion that every id is below ``num_experts``, which
+        fails the stream (and the next synchronizing call) loudly; no host synchronization, CUDA-graph
+        safe. A backend whose own first kernel reads every id may override this and assert there
+        instead (one launch rather than three); it must then assert on every forward."""
+        torch._assert_async(topk_ids.max() < self.config.num_experts, expert_id_message(self.config.num_experts))

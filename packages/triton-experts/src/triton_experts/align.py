@@ -28,13 +28,16 @@ import torch
 class Alignment:
     """``sorted_ids`` int32 [P_max] (P_max a multiple of block_m), ``expert_ids`` int32 [P_max /
     block_m] (the local expert of each block, -1 past the end), ``num_post_padded`` int32 [1] (the
-    real padded length P, on the device), and ``num_valid`` = M * k (the sentinel)."""
+    real padded length P, on the device), ``num_valid`` = M * k (the sentinel), and
+    ``ids_in_range`` int32 [1] on the device: 1 when every id was below the global expert count
+    (always 1 when the torch form is not given one), else 0, for a device-side assertion."""
 
     sorted_ids: torch.Tensor
     expert_ids: torch.Tensor
     num_post_padded: torch.Tensor
     num_valid: int
     block_m: int
+    ids_in_range: torch.Tensor | None = None
 
 
 def align_by_expert(topk_ids: torch.Tensor, *, num_local_experts: int, block_m: int,
@@ -70,10 +73,11 @@ def align_by_expert(topk_ids: torch.Tensor, *, num_local_experts: int, block_m: 
     block_starts = torch.arange(0, cap, block_m, device=device)
     block_expert = torch.searchsorted(ends, block_starts, right=True)
     expert_ids = torch.where(block_expert < e, block_expert, torch.full_like(block_expert, -1)).to(torch.int32)
+    in_range = (flat < num_experts).all() if num_experts is not None else torch.ones((), dtype=torch.bool, device=device)
     return Alignment(sorted_ids=sorted_ids[:cap], expert_ids=expert_ids,
                      num_post_padded=ends[-1:].to(torch.int32) if e else torch.zeros(1, dtype=torch.int32,
                                                                                    device=device),
-                     num_valid=num_valid, block_m=block_m)
+                     num_valid=num_valid, block_m=block_m, ids_in_range=in_range.to(torch.int32).reshape(1))
 
 
 def padded_capacity(num_valid: int, num_local_experts: int, block_m: int) -> int:
@@ -108,16 +112,17 @@ def align_by_expert_triton(topk_ids: torch.Tensor, *, num_local_experts: int, nu
     cap = padded_capacity(num_valid, e, block_m)
     num_blocks = cap // block_m
     nb = _next_pow2(e + 1)
-    buf = torch.empty(cap + num_blocks + 1 + nb, dtype=torch.int32, device=flat.device)
+    buf = torch.empty(cap + num_blocks + 2 + nb, dtype=torch.int32, device=flat.device)
     sorted_ids = buf[:cap]
     expert_ids = buf[cap:cap + num_blocks]
     num_post_padded = buf[cap + num_blocks:cap + num_blocks + 1]
-    cursor = buf[cap + num_blocks + 1:]
+    in_range = buf[cap + num_blocks + 1:cap + num_blocks + 2]
+    cursor = buf[cap + num_blocks + 2:]
     align_rows[(1,)](flat, expert_map if expert_map is not None else cursor, sorted_ids, expert_ids, num_post_padded,
-                     cursor, num_valid, cap, num_blocks, num_experts, e, HAS_MAP=expert_map is not None,
+                     cursor, in_range, num_valid, cap, num_blocks, num_experts, e, HAS_MAP=expert_map is not None,
                      BLOCK_M=block_m, NB=nb, BLOCK=1024, BLOCK_B=max(1, min(64, 16384 // nb)), num_warps=8)
     return Alignment(sorted_ids=sorted_ids, expert_ids=expert_ids, num_post_padded=num_post_padded,
-                     num_valid=num_valid, block_m=block_m)
+                     num_valid=num_valid, block_m=block_m, ids_in_range=in_range)
 
 
 # (token, slot) rows up to which the one-program Triton alignment runs: on the H100 it is faster than

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import torch
 
 from moe_oracle import Activation, Capabilities, Experts, MoEConfig, Platform, RejectReason, apply_activation
+from moe_oracle.experts_base import expert_id_message
 from moe_oracle.reference.activation_quant import quantize_activation
 from quantkeys import SCHEMES, Granularity, PlatformKind, QuantDType, QuantKey
 
@@ -184,6 +185,10 @@ class TritonExperts(Experts):
         self._plans[(m, top_k, device)] = plan
         return plan
 
+    def assert_expert_ids_on_device(self, topk_ids: torch.Tensor) -> None:
+        """Nothing here: forward asserts on the alignment kernel's range flag (one launch, where the
+        generic check takes three: max, compare, assert)."""
+
     def _quantize(self, x: torch.Tensor, key: QuantKey | None, static: torch.Tensor | None
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if key is None:
@@ -203,6 +208,8 @@ class TritonExperts(Experts):
         g1p, g2p = plan.g1, plan.g2
         alignment = align_for_experts(topk_ids, num_local_experts=cfg.num_local_experts, num_experts=cfg.num_experts,
                                       block_m=g1p.config.BLOCK_M, expert_map=self.expert_map)
+        if device.type != "cpu":  # (the CPU raised a ValueError in validate_inputs already)
+            torch._assert_async(alignment.ids_in_range, expert_id_message(cfg.num_experts))
         # GEMM1 input
         if self.quant.a13.key is None:
             x, x_scale = hidden_states, None

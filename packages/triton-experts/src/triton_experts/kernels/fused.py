@@ -35,20 +35,24 @@ def _local_expert(g, emap_ptr, mask, E_GLOBAL, E_LOCAL, HAS_MAP: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["num_valid", "cap", "num_blocks"])
-def align_rows(ids_ptr, emap_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, cursor_ptr,
+def align_rows(ids_ptr, emap_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, cursor_ptr, in_range_ptr,
                num_valid, cap, num_blocks, E_GLOBAL, E_LOCAL,
                HAS_MAP: tl.constexpr, BLOCK_M: tl.constexpr, NB: tl.constexpr, BLOCK: tl.constexpr,
                BLOCK_B: tl.constexpr):
     """One program, one launch: per-expert counts, padded run starts (into ``cursor``), the expert
     of every BLOCK_M block (-1 past the end), the padded length, ``sorted_ids`` filled with the
-    sentinel; then every kept row takes the next slot of its expert's run (an atomic cursor)."""
+    sentinel; then every kept row takes the next slot of its expert's run (an atomic cursor).
+    ``in_range``: 1 when every id is below E_GLOBAL, else 0 (for the caller's device assertion)."""
     counts = tl.zeros((NB,), dtype=tl.int32)
+    too_big = tl.zeros((BLOCK,), dtype=tl.int32)
     for start in range(0, num_valid, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         mask = offs < num_valid
         g = tl.load(ids_ptr + offs, mask=mask, other=-1).to(tl.int32)
+        too_big = tl.maximum(too_big, (g >= E_GLOBAL).to(tl.int32))
         local = _local_expert(g, emap_ptr, mask, E_GLOBAL, E_LOCAL, HAS_MAP)
         counts += tl.histogram(tl.where(local >= 0, local, NB - 1), NB)
+    tl.store(in_range_ptr, 1 - tl.max(too_big, 0))
     bins = tl.arange(0, NB)
     counts = tl.where(bins < E_LOCAL, counts, 0)
     padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
