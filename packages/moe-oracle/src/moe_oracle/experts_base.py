@@ -28,10 +28,11 @@ QuantPair = tuple[QuantKey | None, QuantKey | None]
 
 
 
-def expert_id_message(num_experts: int) -> str:
-    """The device-side assertion's message for an expert id out of range."""
-    return (f"topk_ids holds an expert id >= {num_experts}; valid ids are 0..{num_experts - 1} "
-            "(negative ids mark padding slots)")
+def expert_id_message(num_experts: int, found: int | None = None) -> str:
+    """The error for an expert id out of range: naming the id ``found`` (a host check) or, for a
+    device-side assertion that cannot read it, any id ``>= num_experts``."""
+    held = f"expert id {found}" if found is not None else f"an expert id >= {num_experts}"
+    return f"topk_ids holds {held}; valid ids are 0..{num_experts - 1} (negative ids mark padding slots)"
 
 class RejectReason(enum.Enum):
     """Why a backend cannot serve a layer; tools filter on these."""
@@ -264,8 +265,7 @@ class Experts(ABC):
             if topk_ids.device.type == "cpu":
                 top = int(topk_ids.max())
                 if top >= cfg.num_experts:
-                    raise ValueError(f"topk_ids holds expert id {top}; valid ids are 0..{cfg.num_experts - 1} "
-                                     "(negative ids mark padding slots)")
+                    raise ValueError(expert_id_message(cfg.num_experts, top))
             else:
                 self.assert_expert_ids_on_device(topk_ids)
 

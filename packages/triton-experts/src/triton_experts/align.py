@@ -73,11 +73,12 @@ def align_by_expert(topk_ids: torch.Tensor, *, num_local_experts: int, block_m: 
     block_starts = torch.arange(0, cap, block_m, device=device)
     block_expert = torch.searchsorted(ends, block_starts, right=True)
     expert_ids = torch.where(block_expert < e, block_expert, torch.full_like(block_expert, -1)).to(torch.int32)
-    in_range = (flat < num_experts).all() if num_experts is not None else torch.ones((), dtype=torch.bool, device=device)
+    all_in_range = (flat < num_experts).all() if num_experts is not None else torch.ones((), dtype=torch.bool,
+                                                                                          device=device)
     return Alignment(sorted_ids=sorted_ids[:cap], expert_ids=expert_ids,
                      num_post_padded=ends[-1:].to(torch.int32) if e else torch.zeros(1, dtype=torch.int32,
                                                                                    device=device),
-                     num_valid=num_valid, block_m=block_m, ids_in_range=in_range.to(torch.int32).reshape(1))
+                     num_valid=num_valid, block_m=block_m, ids_in_range=all_in_range.to(torch.int32).reshape(1))
 
 
 def padded_capacity(num_valid: int, num_local_experts: int, block_m: int) -> int:

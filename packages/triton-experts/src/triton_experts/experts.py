@@ -2,10 +2,10 @@
 
 Flow per forward (5-6 launches, no host synchronization, per-M decisions cached): group the
 (token, slot) rows by local expert (:func:`triton_experts.align.align_for_experts`: 1 launch
-at decode sizes, a torch sort at prefill sizes), quantize the input per the scheme's activation key (fused kernel; torch for keys it
-does not serve), GEMM1 (+bias) into ``[M * k, 2I]``, the activation fused with the
-quantization of its output, GEMM2 (+bias) with the top-k weight folded into its epilogue into
-``[M * k, H]``, and a float32 sum over the k slots into the output dtype.
+at decode sizes, a torch sort at prefill sizes), quantize the input per the scheme's activation
+key (fused kernel; torch for keys it does not serve), GEMM1 (+bias) into ``[M * k, 2I]``, the
+activation fused with the quantization of its output, GEMM2 (+bias) with the top-k weight folded
+into its epilogue into ``[M * k, H]``, and a float32 sum over the k slots into the output dtype.
 
 Numerics: both GEMMs accumulate in float32 and store their outputs in the input's dtype when that
 is bf16 or fp16 (float32 otherwise), as vLLM's fused MoE stores its intermediates in the compute

@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from ..config import MoEConfig
+from ..experts_base import expert_id_message
 
 
 class PrepareFinalizeKind(enum.Enum):
@@ -105,12 +106,9 @@ def check_inputs(config: MoEConfig, *, hidden_states: torch.Tensor, topk_weights
     if topk_ids.device.type == "cpu":
         top = int(topk_ids.max())
         if top >= config.num_experts:
-            raise ValueError(f"topk_ids holds expert id {top}; valid ids are 0..{config.num_experts - 1} "
-                             "(negative ids mark padding slots)")
+            raise ValueError(expert_id_message(config.num_experts, top))
     else:  # no host synchronization on an accelerator: a device-side assertion fails the stream loudly
-        torch._assert_async(topk_ids.max() < config.num_experts,
-                            f"topk_ids holds an expert id >= {config.num_experts}; valid ids are "
-                            f"0..{config.num_experts - 1} (negative ids mark padding slots)")
+        torch._assert_async(topk_ids.max() < config.num_experts, expert_id_message(config.num_experts))
 
 
 def check_shapes(config: MoEConfig, *, hidden_states: torch.Tensor, topk_weights: torch.Tensor,
