@@ -150,16 +150,22 @@ def probe_int4(
              mask=row_mask[:, None] & n_mask[None, :])
 
 
+_ROWS: dict[int, torch.Tensor] = {}
+
+
 def run_probe(plan, *, mode, a, out, topk_weights, alignment):
     from triton_experts.kernels.launch import _dummies, run_gemm
 
     if mode == 0:
         return run_gemm(plan, a=a, a_scale=None, out=out, topk_weights=topk_weights, alignment=alignment)
+    from triton_experts.layout import k_rows
+
     c = plan.config
     weight, s, z, b = plan.weight_args
+    weight = _ROWS.setdefault(weight.data_ptr(), k_rows(weight).contiguous())  # the probe reads [E, N, K/2] rows
     dummy = _dummies(a.device)[0]
     num_m_blocks = alignment.sorted_ids.shape[0] // c.BLOCK_M
-    ws = plan.weight_strides
+    ws = (*weight.stride(), *plan.weight_strides[4:])
     return probe_int4[(num_m_blocks * plan.n_blocks,)](
         a, dummy, weight, s, z, b, out, topk_weights if topk_weights is not None else dummy,
         alignment.sorted_ids, alignment.expert_ids, alignment.num_post_padded,

@@ -55,7 +55,8 @@ class GemmPlan:
     top_k: int
     config: LaunchConfig
     weight_args: tuple  # weight, scale, zero, bias pointers
-    weight_strides: tuple  # weight (3), scale (3), bias (2)
+    weight_strides: tuple  # weight (4: expert, K tile, n, k), scale (3), bias (2)
+    k_tile: int  # bytes per row of a K tile of packed 4-bit weights; 0: untiled rows
     has_bias: bool
     group_k: int
     even_k: bool
@@ -65,11 +66,30 @@ class GemmPlan:
 def plan_gemm(*, variant: str, weight: torch.Tensor, scale: torch.Tensor | None, zero: torch.Tensor | None,
               bias: torch.Tensor | None, top_k: int, n: int, k: int, group_k: int,
               config: LaunchConfig) -> GemmPlan:
-    """Validate the weight side of a grouped GEMM and freeze it. ``weight`` [E, N, K] (or [E, N, K/2] packed)."""
+    """Validate the weight side of a grouped GEMM and freeze it. ``weight`` [E, N, K]; packed 4-bit:
+    [E, N, K/2] rows or [E, K/2/T, N, T] K tiles of T bytes (see the kernels' module docstring)."""
     from ._generated_moe import KERNELS, VARIANTS
 
     kernel = KERNELS[variant]
     meta = VARIANTS[variant]
+    packed = meta["bits"] == 4
+    k_stored = k // 2 if packed else k
+    if weight.dim() == 4 and packed:
+        k_tile = weight.shape[-1]
+        expected = (weight.shape[0], k_stored // k_tile, n, k_tile)
+        if k_stored % k_tile or tuple(weight.shape) != expected:
+            raise ValueError(f"{variant}: K-tiled weights must be [E, K/2/T, N, T] = {list(expected)} for "
+                             f"N={n}, K={k}, got {list(weight.shape)}")
+        if k_tile & (k_tile - 1) or k_tile < 16 or weight.stride(1) % k_tile or weight.stride(2) % 16:
+            raise ValueError(f"{variant}: K tiles must be a power of two of at least 16 bytes, with tile and row "
+                             f"strides multiples of it and of 16; got T={k_tile}, strides {weight.stride()}")
+        w_strides = (weight.stride(0), weight.stride(1), weight.stride(2), weight.stride(3))
+    elif weight.dim() == 3 and tuple(weight.shape[1:]) == (n, k_stored):
+        k_tile = 0
+        w_strides = (weight.stride(0), 0, weight.stride(1), weight.stride(2))
+    else:
+        form = "[E, N, K/2] or [E, K/2/T, N, T]" if packed else "[E, N, K]"
+        raise ValueError(f"{variant}: weights must be {form} for N={n}, K={k}, got {list(weight.shape)}")
     if weight.stride(-1) != 1:
         raise ValueError("weights must be contiguous along K")
     bk = config.BLOCK_K
@@ -92,18 +112,19 @@ def plan_gemm(*, variant: str, weight: torch.Tensor, scale: torch.Tensor | None,
     return GemmPlan(
         kernel=kernel, variant=variant, n=n, k=k, top_k=top_k, config=config,
         weight_args=(weight, s, z, b),
-        weight_strides=(weight.stride(0), weight.stride(1), weight.stride(2),
-                        s3.stride(0), s3.stride(1), s3.stride(2), b2.stride(0), b2.stride(1)),
+        weight_strides=(*w_strides, s3.stride(0), s3.stride(1), s3.stride(2), b2.stride(0), b2.stride(1)),
+        k_tile=k_tile,
         has_bias=bias is not None, group_k=group_k, even_k=k % bk == 0,
         n_blocks=triton_cdiv(n, config.BLOCK_N),
     )
 
 
 def run_gemm(plan: GemmPlan, *, a: torch.Tensor, a_scale: torch.Tensor | None, out: torch.Tensor,
-             topk_weights: torch.Tensor | None, alignment: Alignment) -> None:
+             topk_weights: torch.Tensor | None, alignment: Alignment) -> object:
     """``out[row, :n] = A[row // top_k] @ W[e].T`` (scaled, + bias, * top-k weight) for every aligned
     row; rows not listed in the alignment are left untouched. Shapes are the caller's contract
-    (:func:`grouped_gemm` checks them)."""
+    (:func:`grouped_gemm` checks them). Returns Triton's launch handle (``.asm`` holds the compiled
+    code, for diagnostics)."""
     c = plan.config
     weight, s, z, b = plan.weight_args
     dummy = _dummies(a.device)[0] if (a_scale is None or topk_weights is None) else None
@@ -114,17 +135,17 @@ def run_gemm(plan: GemmPlan, *, a: torch.Tensor, a_scale: torch.Tensor | None, o
         sa0, sa1 = a_s.stride(0) if a_s.numel() > 1 else 0, 0
     num_m_blocks = alignment.sorted_ids.shape[0] // c.BLOCK_M
     ws = plan.weight_strides
-    plan.kernel[(num_m_blocks * plan.n_blocks,)](
+    return plan.kernel[(num_m_blocks * plan.n_blocks,)](
         a, a_s, weight, s, z, b, out, topk_weights if topk_weights is not None else dummy,
         alignment.sorted_ids, alignment.expert_ids, alignment.num_post_padded,
         plan.n, plan.k, alignment.num_valid, num_m_blocks,
         a.stride(0), a.stride(1), sa0, sa1,
-        ws[0], ws[1], ws[2], ws[3], ws[4], ws[5], ws[6], ws[7],
+        ws[0], ws[1], ws[2], ws[3], ws[4], ws[5], ws[6], ws[7], ws[8],
         out.stride(0), out.stride(1),
         GROUP_K=plan.group_k, TOP_K=plan.top_k, MUL_WEIGHT=topk_weights is not None, HAS_BIAS=plan.has_bias,
         DOT_UPCAST=_INTERPRETED and a.dtype in (torch.bfloat16, torch.float16), PTX=_PTX and a.is_cuda,
         EVEN_K=plan.even_k,
-        BLOCK_M=c.BLOCK_M, BLOCK_N=c.BLOCK_N, BLOCK_K=c.BLOCK_K, GROUP_M=c.GROUP_M,
+        BLOCK_M=c.BLOCK_M, BLOCK_N=c.BLOCK_N, BLOCK_K=c.BLOCK_K, GROUP_M=c.GROUP_M, K_TILE=plan.k_tile,
         num_warps=c.num_warps, num_stages=c.num_stages,
     )
 
@@ -149,7 +170,7 @@ def grouped_gemm(
 ) -> None:
     """``out[row, :n] (+)= A[row // top_k] @ W[e].T`` for every aligned row (see the kernels' docstring).
 
-    ``a`` [M, K] (quantized per variant), ``weight`` [E, N, K] (or [E, N, K/2] packed), ``out``
+    ``a`` [M, K] (quantized per variant), ``weight`` as :func:`plan_gemm` takes it, ``out``
     [M * top_k, N]; rows not listed in the alignment are left untouched.
     """
     if a.dim() != 2 or a.shape[1] != k:
