@@ -5,7 +5,7 @@ GEMM2: N = H, K = I, with the top-k weight in its epilogue as the experts run it
 count M on random routing, keep the fastest, and write
 ``configs/E<E>_N<N>_K<K>_<variant>_<device>.json`` into the triton_experts package (or --out).
 Candidates depend on the rows each expert sees (M * top_k / E): small tiles with deep pipelines
-for decode, large tiles for prefill. ``--jobs`` compiles the candidates in parallel processes first
+(and split-K) for decode, large tiles for prefill. ``--jobs`` compiles the candidates in parallel processes first
 (the kernels do not specialize on the token count, so the compiled cache serves every M).
 
     python benchmarks/triton_experts/tune.py --models qwen3,deepseek --schemes fp8_block --m 1,32,2048
@@ -55,6 +55,14 @@ def candidates(scheme: str, rows_per_expert: int, k_granule: int, group: int) ->
         if bm == 128 and bn == 256 and warps == 4:
             continue
         out.append(LaunchConfig(bm, bn, bk, 1 if bm <= 16 else 8, warps, stages))
+    if rows_per_expert <= 16:  # split-K for few experts or short N (more programs streaming weights)
+        for bn, split, stages in itertools.product((32, 64, 128, 256), (2, 4), (2, 3, 4)):
+            bk = 128 if not k_granule or k_granule % 128 == 0 else k_granule
+            if fits_group(bk, group) and stages * (16 * bk * BYTES[scheme][0] + bk * bn * BYTES[scheme][1]) <= SMEM:
+                out.append(LaunchConfig(16, bn, bk, 1, 4, stages, SPLIT_K=split))
+    if 4 <= rows_per_expert <= 16:  # some experts span two row blocks: run those blocks together (L2)
+        for bn, split, stages in itertools.product((128, 256), (1, 2, 4), (2, 3)):
+            out.append(LaunchConfig(16, bn, 128, 8, 4, stages, SPLIT_K=split))
     return out
 
 
@@ -90,7 +98,9 @@ def _time(ex, name, gemm, scheme, ids, k, cfg, rep):
     a, a_scale = _operands(scheme, m if name == "w13" else m * k, kk)
     e = w["weight"].shape[0]
     al = align_by_expert_triton(ids, num_local_experts=e, num_experts=e, block_m=cfg.BLOCK_M)
-    out = torch.empty(m * k, n, device="cuda", dtype=torch.bfloat16)  # as the experts store GEMM outputs
+    # as the experts store GEMM outputs: bf16, or float32 split-K partials
+    out = torch.empty(m * k, n, device="cuda", dtype=torch.bfloat16) if cfg.SPLIT_K == 1 else \
+        torch.empty(cfg.SPLIT_K, m * k, n, device="cuda", dtype=torch.float32)
     tw = torch.rand(m * k, device="cuda") if name == "w2" else None
     plan = plan_gemm(variant=ex.variant_name, weight=w["weight"], scale=w.get("scale"), zero=w.get("zero"),
                      bias=None, top_k=k if name == "w13" else 1, n=n, k=kk, group_k=group, config=cfg)

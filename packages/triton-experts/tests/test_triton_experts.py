@@ -227,6 +227,40 @@ def test_k_tiles_against_quantization_groups(tmp_path, monkeypatch, scheme, bloc
         tuning._load.cache_clear()
 
 
+@pytest.mark.parametrize("scheme", ["unquantized", "fp8_block", "int4_w4a16"])
+@pytest.mark.parametrize("split_k", [2, 3])
+def test_split_k_matches_reference(tmp_path, monkeypatch, scheme, split_k):
+    """SPLIT_K programs per output tile store float32 partials that the activation and the top-k
+    reduction sum (the bias added once; with 3 splits of 4 K steps the last split has none), against
+    the reference experts."""
+    from triton_experts import tuning
+
+    e, h, i = 8, 256, 128
+    _, weights, act = _case(tmp_path, scheme, e=e, h=h, i=i, bias=True, seed=5)
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    device = torch.cuda.get_device_name() if ON_GPU else "cpu"
+    variant = {"unquantized": "bf16"}.get(scheme, scheme)
+    cfg = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 1, "num_warps": 4, "num_stages": 2,
+           "SPLIT_K": split_k}
+    for n, k in ((2 * i, h), (h, i)):
+        (folder / tuning.file_name(e=e, n=n, k=k, variant=variant, device=device)).write_text(json.dumps({"1": cfg}))
+    monkeypatch.setenv(tuning.ENV_DIR, str(folder))
+    tuning._load.cache_clear()
+    try:
+        config = MoEConfig(num_experts=e, top_k=2, hidden_size=h, intermediate_size=i, activation=act,
+                           in_dtype=torch.bfloat16, has_bias=True)
+        kernel = make_kernel(weights=weights.to(DEVICE), config=config, platform=PLATFORM, force="triton")
+        reference = make_kernel(weights=weights, config=config, platform=PLATFORM, force="reference")
+        x, tw, ids = _inputs(5, 2, e, h, seed=3)
+        out = kernel(hidden_states=x, topk_weights=tw, topk_ids=ids)
+        assert [c.SPLIT_K for c, _ in kernel.experts.last_configs] == [split_k, split_k]
+        ref = reference(hidden_states=x.cpu(), topk_weights=tw.cpu(), topk_ids=ids.cpu())
+        assert rel(out.cpu(), ref) < BOUND_VS_REFERENCE, scheme
+    finally:
+        tuning._load.cache_clear()
+
+
 def test_out_of_range_expert_id_is_refused(tmp_path):
     """On the CPU a ValueError; on a GPU a device-side assertion (no host sync), run in a child
     process because a device-side assertion ends the process's CUDA context."""

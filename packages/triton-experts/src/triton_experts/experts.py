@@ -20,7 +20,7 @@ by the base class's checks (on a GPU by a device-side assertion, without a host 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
@@ -173,7 +173,7 @@ class TritonExperts(Experts):
                                 num_experts=cfg.num_experts, top_k=cfg.top_k, device=device_name)
         c1, c2 = self._fit(c1, self.group13, h), self._fit(c2, self.group2, i)
         if c2.BLOCK_M != c1.BLOCK_M:  # one row grouping serves both GEMMs
-            c2 = LaunchConfig(c1.BLOCK_M, c2.BLOCK_N, c2.BLOCK_K, c2.GROUP_M, c2.num_warps, c2.num_stages)
+            c2 = replace(c2, BLOCK_M=c1.BLOCK_M)
         g1 = plan_gemm(variant=self.variant_name, weight=self.w13["weight"], scale=self.w13.get("scale"),
                        zero=self.w13.get("zero"), bias=self.b13, top_k=top_k, n=n1, k=h, group_k=self.group13,
                        config=c1)
@@ -224,16 +224,16 @@ class TritonExperts(Experts):
         per_tensor_a2 = self._q2 is None and self.quant.a2.key is not None
         alloc = torch.zeros if per_tensor_a2 or _INTERPRETED else torch.empty  # (no overflow warnings on the CPU)
         inter = hidden_states.dtype if hidden_states.dtype in (torch.bfloat16, torch.float16) else torch.float32
-        gemm1 = alloc(m * k, g1p.n, device=device, dtype=inter)
+        gemm1 = _gemm_out(alloc, g1p, m * k, device=device, dtype=inter)
         run_gemm(g1p, a=x, a_scale=x_scale, out=gemm1, topk_weights=None, alignment=alignment)
-        # activation + GEMM2 input
+        # activation + GEMM2 input (split-K partials summed first)
         if self._q2 is not None and self._act_code is not None:
             y, y_scale = _act_quant(gemm1, self._act_code, self._q2, out_dtype=hidden_states.dtype)
         else:
-            act = apply_activation(cfg.activation, gemm1.float())  # float32, like the reference
+            act = apply_activation(cfg.activation, (gemm1.sum(0) if gemm1.dim() == 3 else gemm1).float())
             y, y_scale = self._quantize(act if self.quant.a2.key is not None else act.to(hidden_states.dtype),
                                         self.quant.a2.key, self.quant.a2.scale)
-        gemm2 = torch.empty(m * k, g2p.n, device=device, dtype=inter)
+        gemm2 = _gemm_out(torch.empty, g2p, m * k, device=device, dtype=inter)
         tw = topk_weights if topk_weights.dtype == torch.float32 else topk_weights.to(torch.float32)
         run_gemm(g2p, a=y, a_scale=y_scale, out=gemm2, topk_weights=tw.reshape(-1), alignment=alignment)
         return _reduce(gemm2, topk_ids, self.expert_map, m=m, top_k=k, h=g2p.n, num_experts=cfg.num_experts,
@@ -246,7 +246,7 @@ class TritonExperts(Experts):
         bk = c.BLOCK_K
         while bk > 16 and (not fits_group(bk, group) or k % bk):
             bk //= 2
-        return c if bk == c.BLOCK_K else LaunchConfig(c.BLOCK_M, c.BLOCK_N, bk, c.GROUP_M, c.num_warps, c.num_stages)
+        return c if bk == c.BLOCK_K else replace(c, BLOCK_K=bk)
 
 
 @dataclass(frozen=True)
@@ -273,18 +273,36 @@ def _fused_quant(key: QuantKey | None, static: torch.Tensor | None) -> tuple[str
     return None
 
 
+def _gemm_out(alloc, plan: GemmPlan, rows: int, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A GEMM's output: [rows, N] in ``dtype``, or [SPLIT_K, rows, N] float32 partials."""
+    parts = plan.config.SPLIT_K
+    if parts == 1:
+        return alloc(rows, plan.n, device=device, dtype=dtype)
+    return alloc(parts, rows, plan.n, device=device, dtype=torch.float32)
+
+
+def _parts(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """A [rows, N] tensor or [P, rows, N] partials -> (rows view for shapes, P, partial stride)."""
+    if x.dim() == 3:
+        return x[0], x.shape[0], x.stride(0)
+    return x, 1, 0
+
+
 def _act_quant(x: torch.Tensor, act: int, quant: tuple[str, int], *, out_dtype: torch.dtype
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """act(x) (x: [rows, W] or [P, rows, W] partials, summed first), then quantized per ``quant``."""
     fused = _fused()
     act_quant = fused.act_quant
-    rows = x.shape[0]
-    width = x.shape[1] // 2 if act in fused.GATED else x.shape[1]
+    x0, parts, stride_xp = _parts(x)
+    rows = x0.shape[0]
+    width = x0.shape[1] // 2 if act in fused.GATED else x0.shape[1]
     kind, group = quant
     if kind == "none":
         q = torch.empty(rows, width, device=x.device, dtype=out_dtype)
         block = min(1024, _next_pow2(width))
-        act_quant[(rows, (width + block - 1) // block)](x, q, q, width, x.stride(0), q.stride(0), 0, ACT=act,
-                                                       QUANT=fused.Q_NONE, GROUP=1, BLOCK=block, EVEN=width % block == 0)
+        act_quant[(rows, (width + block - 1) // block)](x, q, q, width, x0.stride(0), stride_xp, q.stride(0), 0,
+                                                       ACT=act, QUANT=fused.Q_NONE, GROUP=1, BLOCK=block,
+                                                       EVEN=width % block == 0, PARTS=parts)
         return q, None
     q = torch.empty(rows, width, device=x.device, dtype=torch.float8_e4m3fn)
     if group:
@@ -293,9 +311,9 @@ def _act_quant(x: torch.Tensor, act: int, quant: tuple[str, int], *, out_dtype: 
     else:
         block = group = _next_pow2(width)
         scale = torch.empty(rows, 1, device=x.device, dtype=torch.float32)
-    act_quant[(rows, (width + block - 1) // block)](x, q, scale, width, x.stride(0), q.stride(0), scale.stride(0),
-                                                   ACT=act, QUANT=fused.Q_FP8_GROUP, GROUP=group, BLOCK=block,
-                                                   EVEN=width % block == 0, num_warps=4)
+    act_quant[(rows, (width + block - 1) // block)](x, q, scale, width, x0.stride(0), stride_xp, q.stride(0),
+                                                   scale.stride(0), ACT=act, QUANT=fused.Q_FP8_GROUP, GROUP=group,
+                                                   BLOCK=block, EVEN=width % block == 0, PARTS=parts, num_warps=4)
     return q, scale
 
 
@@ -305,9 +323,11 @@ def _reduce(y: torch.Tensor, topk_ids: torch.Tensor, expert_map: torch.Tensor | 
     out = torch.empty(m, h, device=y.device, dtype=dtype)
     block = min(1024, _next_pow2(h))
     ids = topk_ids if topk_ids.is_contiguous() else topk_ids.contiguous()
+    y0, parts, stride_yp = _parts(y)
     reduce_topk[(m, (h + block - 1) // block)](y, ids, expert_map if expert_map is not None else ids, out, h,
-                                               y.stride(0), out.stride(0), num_experts, num_local, TOP_K=top_k,
-                                               HAS_MAP=expert_map is not None, BLOCK=block, num_warps=4)
+                                               y0.stride(0), stride_yp, out.stride(0), num_experts, num_local,
+                                               TOP_K=top_k, HAS_MAP=expert_map is not None, BLOCK=block, PARTS=parts,
+                                               num_warps=4)
     return out
 
 

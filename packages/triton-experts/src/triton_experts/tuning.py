@@ -2,7 +2,8 @@
 
 Files: ``configs/E{E}_N{N}_K{K}_{variant}_{device}.json`` (device name with every character
 other than letters and digits replaced by ``_``) mapping a token
-count M (as a string) to ``{"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages"}``.
+count M (as a string) to ``{"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages"}``
+and optionally ``"SPLIT_K"`` (default 1).
 The nearest tuned M (on a log scale, ties to the smaller) wins. ``QMOE_TRITON_CONFIG_DIR`` adds a folder searched first.
 E is the model's expert count and M its token count (top_k slots each): an expert-parallel rank, or
 a call with fewer slots, looks its launches up at the model's token count that gives each expert as
@@ -32,6 +33,7 @@ class LaunchConfig:
     GROUP_M: int
     num_warps: int
     num_stages: int
+    SPLIT_K: int = 1  # programs sharing one output tile's K steps; > 1: float32 partials summed by the next kernel
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -5,7 +5,8 @@ Every variant computes, for each block of BLOCK_M rows of one expert (rows come 
 ``sorted_ids``: flattened (token, slot) indices grouped by expert, padded with ``num_valid``),
 ``C[row, n] = sum_k A[row // TOP_K, k] * W[e, n, k]`` with the variant's operand formats and
 scales, then adds the expert's bias, multiplies the row's top-k weight when MUL_WEIGHT, and
-stores C in its dtype. W is ``[E, N, K]`` (rows = output features); packed 4-bit W holds bytes of
+stores C in its dtype (SPLIT_K > 1: SPLIT_K programs share a tile's K steps and store partials
+``stride_cs`` apart, which the next kernel sums). W is ``[E, N, K]`` (rows = output features); packed 4-bit W holds bytes of
 two k (low nibble = even k), either as rows ``[E, N, K/2]`` (K_TILE = 0) or as K tiles
 ``[E, K/2/K_TILE, N, K_TILE]`` (K_TILE bytes of each row per tile: a decode step's weight tile is one
 contiguous block, which streams from HBM about 20% faster than K_TILE-byte pieces of long rows).
@@ -122,7 +123,7 @@ def moe_gemm_bf16(
     stride_be, stride_bt, stride_bn, stride_bk,
     stride_bse, stride_bsn, stride_bsk,
     stride_biase, stride_biasn,
-    stride_cm, stride_cn,
+    stride_cm, stride_cn, stride_cs,
     # meta
     GROUP_K: tl.constexpr,
     TOP_K: tl.constexpr,
@@ -136,10 +137,13 @@ def moe_gemm_bf16(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     K_TILE: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
     """Variant ``bf16``: A bf16, W dense (16-bit)."""
     # -- which tile ----------------------------------------------------------------------------
     pid = tl.program_id(0)
+    split = pid % SPLIT_K  # split-K: this program's share of the K steps, its partial at c + split * stride_cs
+    pid = pid // SPLIT_K
     num_post_padded = tl.load(num_post_padded_ptr)
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -162,7 +166,13 @@ def moe_gemm_bf16(
     # -- K loop --------------------------------------------------------------------------------
     b_base = b_ptr + expert * stride_be
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+    k_steps = tl.cdiv(K, BLOCK_K)
+    k_first = 0
+    if SPLIT_K > 1:
+        k_per_split = tl.cdiv(k_steps, SPLIT_K)
+        k_first = split * k_per_split
+        k_steps = tl.minimum(k_first + k_per_split, k_steps)
+    for k0 in range(k_first, k_steps):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
         if EVEN_K:
             a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
@@ -178,12 +188,13 @@ def moe_gemm_bf16(
                         mask=(offs_k[:, None] < K) & n_mask[None, :], other=0.0)
         acc = _dot_acc(a, b, acc, DOT_UPCAST)
     # -- epilogue ------------------------------------------------------------------------------
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:  # once: in split 0's partial
+        bias = tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)
+        acc += tl.where(split == 0, bias, 0.0)[None, :]
     if MUL_WEIGHT:
         acc *= tl.load(topk_weights_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)[:, None]
-    tl.store(c_ptr + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn, acc.to(c_ptr.dtype.element_ty),
-             mask=row_mask[:, None] & n_mask[None, :])
+    tl.store(c_ptr + split * stride_cs + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn,
+             acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit(do_not_specialize=["num_valid", "num_m_blocks"])  # one compile serves every token count
@@ -198,7 +209,7 @@ def moe_gemm_fp8_tensor(
     stride_be, stride_bt, stride_bn, stride_bk,
     stride_bse, stride_bsn, stride_bsk,
     stride_biase, stride_biasn,
-    stride_cm, stride_cn,
+    stride_cm, stride_cn, stride_cs,
     # meta
     GROUP_K: tl.constexpr,
     TOP_K: tl.constexpr,
@@ -212,10 +223,13 @@ def moe_gemm_fp8_tensor(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     K_TILE: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
     """Variant ``fp8_tensor``: A fp8_tensor, W fp8_tensor (8-bit)."""
     # -- which tile ----------------------------------------------------------------------------
     pid = tl.program_id(0)
+    split = pid % SPLIT_K  # split-K: this program's share of the K steps, its partial at c + split * stride_cs
+    pid = pid // SPLIT_K
     num_post_padded = tl.load(num_post_padded_ptr)
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -238,7 +252,13 @@ def moe_gemm_fp8_tensor(
     # -- K loop --------------------------------------------------------------------------------
     b_base = b_ptr + expert * stride_be
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+    k_steps = tl.cdiv(K, BLOCK_K)
+    k_first = 0
+    if SPLIT_K > 1:
+        k_per_split = tl.cdiv(k_steps, SPLIT_K)
+        k_first = split * k_per_split
+        k_steps = tl.minimum(k_first + k_per_split, k_steps)
+    for k0 in range(k_first, k_steps):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
         if EVEN_K:
             a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
@@ -255,12 +275,13 @@ def moe_gemm_fp8_tensor(
         acc += tl.dot(a, b)
     # -- epilogue ------------------------------------------------------------------------------
     acc *= tl.load(a_scale_ptr) * tl.load(b_scale_ptr + expert * stride_bse)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:  # once: in split 0's partial
+        bias = tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)
+        acc += tl.where(split == 0, bias, 0.0)[None, :]
     if MUL_WEIGHT:
         acc *= tl.load(topk_weights_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)[:, None]
-    tl.store(c_ptr + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn, acc.to(c_ptr.dtype.element_ty),
-             mask=row_mask[:, None] & n_mask[None, :])
+    tl.store(c_ptr + split * stride_cs + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn,
+             acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit(do_not_specialize=["num_valid", "num_m_blocks"])  # one compile serves every token count
@@ -275,7 +296,7 @@ def moe_gemm_fp8_channel(
     stride_be, stride_bt, stride_bn, stride_bk,
     stride_bse, stride_bsn, stride_bsk,
     stride_biase, stride_biasn,
-    stride_cm, stride_cn,
+    stride_cm, stride_cn, stride_cs,
     # meta
     GROUP_K: tl.constexpr,
     TOP_K: tl.constexpr,
@@ -289,10 +310,13 @@ def moe_gemm_fp8_channel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     K_TILE: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
     """Variant ``fp8_channel``: A fp8_token, W fp8_channel (8-bit)."""
     # -- which tile ----------------------------------------------------------------------------
     pid = tl.program_id(0)
+    split = pid % SPLIT_K  # split-K: this program's share of the K steps, its partial at c + split * stride_cs
+    pid = pid // SPLIT_K
     num_post_padded = tl.load(num_post_padded_ptr)
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -315,7 +339,13 @@ def moe_gemm_fp8_channel(
     # -- K loop --------------------------------------------------------------------------------
     b_base = b_ptr + expert * stride_be
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+    k_steps = tl.cdiv(K, BLOCK_K)
+    k_first = 0
+    if SPLIT_K > 1:
+        k_per_split = tl.cdiv(k_steps, SPLIT_K)
+        k_first = split * k_per_split
+        k_steps = tl.minimum(k_first + k_per_split, k_steps)
+    for k0 in range(k_first, k_steps):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
         if EVEN_K:
             a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
@@ -334,12 +364,13 @@ def moe_gemm_fp8_channel(
     a_s = tl.load(a_scale_ptr + a_rows * stride_asm, mask=row_mask, other=0.0)
     b_s = tl.load(b_scale_ptr + expert * stride_bse + offs_n * stride_bsn, mask=n_mask, other=0.0)
     acc *= a_s[:, None] * b_s[None, :]
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:  # once: in split 0's partial
+        bias = tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)
+        acc += tl.where(split == 0, bias, 0.0)[None, :]
     if MUL_WEIGHT:
         acc *= tl.load(topk_weights_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)[:, None]
-    tl.store(c_ptr + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn, acc.to(c_ptr.dtype.element_ty),
-             mask=row_mask[:, None] & n_mask[None, :])
+    tl.store(c_ptr + split * stride_cs + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn,
+             acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit(do_not_specialize=["num_valid", "num_m_blocks"])  # one compile serves every token count
@@ -354,7 +385,7 @@ def moe_gemm_fp8_block(
     stride_be, stride_bt, stride_bn, stride_bk,
     stride_bse, stride_bsn, stride_bsk,
     stride_biase, stride_biasn,
-    stride_cm, stride_cn,
+    stride_cm, stride_cn, stride_cs,
     # meta
     GROUP_K: tl.constexpr,
     TOP_K: tl.constexpr,
@@ -368,10 +399,13 @@ def moe_gemm_fp8_block(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     K_TILE: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
     """Variant ``fp8_block``: A fp8_group, W fp8_block (8-bit)."""
     # -- which tile ----------------------------------------------------------------------------
     pid = tl.program_id(0)
+    split = pid % SPLIT_K  # split-K: this program's share of the K steps, its partial at c + split * stride_cs
+    pid = pid // SPLIT_K
     num_post_padded = tl.load(num_post_padded_ptr)
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -394,7 +428,13 @@ def moe_gemm_fp8_block(
     # -- K loop --------------------------------------------------------------------------------
     b_base = b_ptr + expert * stride_be
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+    k_steps = tl.cdiv(K, BLOCK_K)
+    k_first = 0
+    if SPLIT_K > 1:
+        k_per_split = tl.cdiv(k_steps, SPLIT_K)
+        k_first = split * k_per_split
+        k_steps = tl.minimum(k_first + k_per_split, k_steps)
+    for k0 in range(k_first, k_steps):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
         if EVEN_K:
             a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
@@ -413,12 +453,13 @@ def moe_gemm_fp8_block(
                       mask=n_mask, other=0.0)
         acc += tl.dot(a, b) * a_s[:, None] * b_s[None, :]
     # -- epilogue ------------------------------------------------------------------------------
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:  # once: in split 0's partial
+        bias = tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)
+        acc += tl.where(split == 0, bias, 0.0)[None, :]
     if MUL_WEIGHT:
         acc *= tl.load(topk_weights_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)[:, None]
-    tl.store(c_ptr + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn, acc.to(c_ptr.dtype.element_ty),
-             mask=row_mask[:, None] & n_mask[None, :])
+    tl.store(c_ptr + split * stride_cs + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn,
+             acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit(do_not_specialize=["num_valid", "num_m_blocks"])  # one compile serves every token count
@@ -433,7 +474,7 @@ def moe_gemm_int8_w8a8(
     stride_be, stride_bt, stride_bn, stride_bk,
     stride_bse, stride_bsn, stride_bsk,
     stride_biase, stride_biasn,
-    stride_cm, stride_cn,
+    stride_cm, stride_cn, stride_cs,
     # meta
     GROUP_K: tl.constexpr,
     TOP_K: tl.constexpr,
@@ -447,10 +488,13 @@ def moe_gemm_int8_w8a8(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     K_TILE: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
     """Variant ``int8_w8a8``: A int8_token, W int8_channel (8-bit)."""
     # -- which tile ----------------------------------------------------------------------------
     pid = tl.program_id(0)
+    split = pid % SPLIT_K  # split-K: this program's share of the K steps, its partial at c + split * stride_cs
+    pid = pid // SPLIT_K
     num_post_padded = tl.load(num_post_padded_ptr)
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -473,7 +517,13 @@ def moe_gemm_int8_w8a8(
     # -- K loop --------------------------------------------------------------------------------
     b_base = b_ptr + expert * stride_be
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+    k_steps = tl.cdiv(K, BLOCK_K)
+    k_first = 0
+    if SPLIT_K > 1:
+        k_per_split = tl.cdiv(k_steps, SPLIT_K)
+        k_first = split * k_per_split
+        k_steps = tl.minimum(k_first + k_per_split, k_steps)
+    for k0 in range(k_first, k_steps):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
         if EVEN_K:
             a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
@@ -492,12 +542,13 @@ def moe_gemm_int8_w8a8(
     a_s = tl.load(a_scale_ptr + a_rows * stride_asm, mask=row_mask, other=0.0)
     b_s = tl.load(b_scale_ptr + expert * stride_bse + offs_n * stride_bsn, mask=n_mask, other=0.0)
     acc *= a_s[:, None] * b_s[None, :]
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:  # once: in split 0's partial
+        bias = tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)
+        acc += tl.where(split == 0, bias, 0.0)[None, :]
     if MUL_WEIGHT:
         acc *= tl.load(topk_weights_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)[:, None]
-    tl.store(c_ptr + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn, acc.to(c_ptr.dtype.element_ty),
-             mask=row_mask[:, None] & n_mask[None, :])
+    tl.store(c_ptr + split * stride_cs + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn,
+             acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit(do_not_specialize=["num_valid", "num_m_blocks"])  # one compile serves every token count
@@ -512,7 +563,7 @@ def moe_gemm_int4_w4a16(
     stride_be, stride_bt, stride_bn, stride_bk,
     stride_bse, stride_bsn, stride_bsk,
     stride_biase, stride_biasn,
-    stride_cm, stride_cn,
+    stride_cm, stride_cn, stride_cs,
     # meta
     GROUP_K: tl.constexpr,
     TOP_K: tl.constexpr,
@@ -526,10 +577,13 @@ def moe_gemm_int4_w4a16(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     K_TILE: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
     """Variant ``int4_w4a16``: A bf16, W int_group (4-bit)."""
     # -- which tile ----------------------------------------------------------------------------
     pid = tl.program_id(0)
+    split = pid % SPLIT_K  # split-K: this program's share of the K steps, its partial at c + split * stride_cs
+    pid = pid // SPLIT_K
     num_post_padded = tl.load(num_post_padded_ptr)
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -553,7 +607,13 @@ def moe_gemm_int4_w4a16(
     b_base = b_ptr + expert * stride_be
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     offs_h = tl.arange(0, BLOCK_K // 2)
-    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+    k_steps = tl.cdiv(K, BLOCK_K)
+    k_first = 0
+    if SPLIT_K > 1:
+        k_per_split = tl.cdiv(k_steps, SPLIT_K)
+        k_first = split * k_per_split
+        k_steps = tl.minimum(k_first + k_per_split, k_steps)
+    for k0 in range(k_first, k_steps):
         if BLOCK_K <= GROUP_K and BLOCK_M <= 16:
             # codes path (decode tiles of one quantization group): the even-k and odd-k halves of the
             # A tile meet the low and high nibbles of the packed tile (no interleave); the dots run on
@@ -597,12 +657,13 @@ def moe_gemm_int4_w4a16(
             w = ((w3 - (zero + 8388608.0)[:, :, None]) * scale[:, :, None]).reshape(BLOCK_N, BLOCK_K).to(a.dtype)
             acc = _dot_acc(a, tl.trans(w), acc, DOT_UPCAST)
     # -- epilogue ------------------------------------------------------------------------------
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:  # once: in split 0's partial
+        bias = tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)
+        acc += tl.where(split == 0, bias, 0.0)[None, :]
     if MUL_WEIGHT:
         acc *= tl.load(topk_weights_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)[:, None]
-    tl.store(c_ptr + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn, acc.to(c_ptr.dtype.element_ty),
-             mask=row_mask[:, None] & n_mask[None, :])
+    tl.store(c_ptr + split * stride_cs + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn,
+             acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit(do_not_specialize=["num_valid", "num_m_blocks"])  # one compile serves every token count
@@ -617,7 +678,7 @@ def moe_gemm_int8_w8a16(
     stride_be, stride_bt, stride_bn, stride_bk,
     stride_bse, stride_bsn, stride_bsk,
     stride_biase, stride_biasn,
-    stride_cm, stride_cn,
+    stride_cm, stride_cn, stride_cs,
     # meta
     GROUP_K: tl.constexpr,
     TOP_K: tl.constexpr,
@@ -631,10 +692,13 @@ def moe_gemm_int8_w8a16(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     K_TILE: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
     """Variant ``int8_w8a16``: A bf16, W int_group (8-bit)."""
     # -- which tile ----------------------------------------------------------------------------
     pid = tl.program_id(0)
+    split = pid % SPLIT_K  # split-K: this program's share of the K steps, its partial at c + split * stride_cs
+    pid = pid // SPLIT_K
     num_post_padded = tl.load(num_post_padded_ptr)
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -657,7 +721,13 @@ def moe_gemm_int8_w8a16(
     # -- K loop --------------------------------------------------------------------------------
     b_base = b_ptr + expert * stride_be
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+    k_steps = tl.cdiv(K, BLOCK_K)
+    k_first = 0
+    if SPLIT_K > 1:
+        k_per_split = tl.cdiv(k_steps, SPLIT_K)
+        k_first = split * k_per_split
+        k_steps = tl.minimum(k_first + k_per_split, k_steps)
+    for k0 in range(k_first, k_steps):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
         if EVEN_K:
             a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
@@ -680,12 +750,13 @@ def moe_gemm_int8_w8a16(
         w = ((w3 - (zero + 8388608.0)[:, :, None]) * scale[:, :, None]).reshape(BLOCK_N, BLOCK_K).to(a.dtype)
         acc = _dot_acc(a, tl.trans(w), acc, DOT_UPCAST)
     # -- epilogue ------------------------------------------------------------------------------
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:  # once: in split 0's partial
+        bias = tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)
+        acc += tl.where(split == 0, bias, 0.0)[None, :]
     if MUL_WEIGHT:
         acc *= tl.load(topk_weights_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)[:, None]
-    tl.store(c_ptr + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn, acc.to(c_ptr.dtype.element_ty),
-             mask=row_mask[:, None] & n_mask[None, :])
+    tl.store(c_ptr + split * stride_cs + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn,
+             acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit(do_not_specialize=["num_valid", "num_m_blocks"])  # one compile serves every token count
@@ -700,7 +771,7 @@ def moe_gemm_mxfp8(
     stride_be, stride_bt, stride_bn, stride_bk,
     stride_bse, stride_bsn, stride_bsk,
     stride_biase, stride_biasn,
-    stride_cm, stride_cn,
+    stride_cm, stride_cn, stride_cs,
     # meta
     GROUP_K: tl.constexpr,
     TOP_K: tl.constexpr,
@@ -714,10 +785,13 @@ def moe_gemm_mxfp8(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     K_TILE: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
     """Variant ``mxfp8``: A mx, W mxfp8 (8-bit)."""
     # -- which tile ----------------------------------------------------------------------------
     pid = tl.program_id(0)
+    split = pid % SPLIT_K  # split-K: this program's share of the K steps, its partial at c + split * stride_cs
+    pid = pid // SPLIT_K
     num_post_padded = tl.load(num_post_padded_ptr)
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -740,7 +814,13 @@ def moe_gemm_mxfp8(
     # -- K loop --------------------------------------------------------------------------------
     b_base = b_ptr + expert * stride_be
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+    k_steps = tl.cdiv(K, BLOCK_K)
+    k_first = 0
+    if SPLIT_K > 1:
+        k_per_split = tl.cdiv(k_steps, SPLIT_K)
+        k_first = split * k_per_split
+        k_steps = tl.minimum(k_first + k_per_split, k_steps)
+    for k0 in range(k_first, k_steps):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
         if EVEN_K:
             a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
@@ -760,12 +840,13 @@ def moe_gemm_mxfp8(
                             mask=n_mask, other=127))
         acc += tl.dot(a, b) * a_s[:, None] * b_s[None, :]
     # -- epilogue ------------------------------------------------------------------------------
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:  # once: in split 0's partial
+        bias = tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)
+        acc += tl.where(split == 0, bias, 0.0)[None, :]
     if MUL_WEIGHT:
         acc *= tl.load(topk_weights_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)[:, None]
-    tl.store(c_ptr + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn, acc.to(c_ptr.dtype.element_ty),
-             mask=row_mask[:, None] & n_mask[None, :])
+    tl.store(c_ptr + split * stride_cs + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn,
+             acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit(do_not_specialize=["num_valid", "num_m_blocks"])  # one compile serves every token count
@@ -780,7 +861,7 @@ def moe_gemm_mxfp4(
     stride_be, stride_bt, stride_bn, stride_bk,
     stride_bse, stride_bsn, stride_bsk,
     stride_biase, stride_biasn,
-    stride_cm, stride_cn,
+    stride_cm, stride_cn, stride_cs,
     # meta
     GROUP_K: tl.constexpr,
     TOP_K: tl.constexpr,
@@ -794,10 +875,13 @@ def moe_gemm_mxfp4(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     K_TILE: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
     """Variant ``mxfp4``: A bf16, W mxfp4 (4-bit)."""
     # -- which tile ----------------------------------------------------------------------------
     pid = tl.program_id(0)
+    split = pid % SPLIT_K  # split-K: this program's share of the K steps, its partial at c + split * stride_cs
+    pid = pid // SPLIT_K
     num_post_padded = tl.load(num_post_padded_ptr)
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -820,7 +904,13 @@ def moe_gemm_mxfp4(
     # -- K loop --------------------------------------------------------------------------------
     b_base = b_ptr + expert * stride_be
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, tl.cdiv(K, BLOCK_K)):
+    k_steps = tl.cdiv(K, BLOCK_K)
+    k_first = 0
+    if SPLIT_K > 1:
+        k_per_split = tl.cdiv(k_steps, SPLIT_K)
+        k_first = split * k_per_split
+        k_steps = tl.minimum(k_first + k_per_split, k_steps)
+    for k0 in range(k_first, k_steps):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
         if EVEN_K:
             a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
@@ -838,12 +928,13 @@ def moe_gemm_mxfp4(
         w = (_e2m1(codes.to(tl.int32)) * scale[:, None]).to(a.dtype)  # BLOCK_K <= 32 (k_granule)
         acc = _dot_acc(a, tl.trans(w), acc, DOT_UPCAST)
     # -- epilogue ------------------------------------------------------------------------------
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:  # once: in split 0's partial
+        bias = tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)
+        acc += tl.where(split == 0, bias, 0.0)[None, :]
     if MUL_WEIGHT:
         acc *= tl.load(topk_weights_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)[:, None]
-    tl.store(c_ptr + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn, acc.to(c_ptr.dtype.element_ty),
-             mask=row_mask[:, None] & n_mask[None, :])
+    tl.store(c_ptr + split * stride_cs + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn,
+             acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
 
 KERNELS = {

@@ -96,11 +96,24 @@ def _round_e4m3(v):
 
 
 @triton.jit
-def act_quant(x_ptr, q_ptr, s_ptr, WIDTH, stride_xm, stride_qm, stride_sm,
+def _load_row(x_row, cols, mask, stride_xp, PARTS: tl.constexpr, EVEN: tl.constexpr):
+    """float32 sum of PARTS partial rows (split-K GEMM outputs) at ``x_row + p * stride_xp``."""
+    x = tl.zeros(cols.shape, dtype=tl.float32)
+    for p in tl.static_range(PARTS):
+        if EVEN:
+            x += tl.load(x_row + p * stride_xp + cols).to(tl.float32)
+        else:
+            x += tl.load(x_row + p * stride_xp + cols, mask=mask, other=0.0).to(tl.float32)
+    return x
+
+
+@triton.jit
+def act_quant(x_ptr, q_ptr, s_ptr, WIDTH, stride_xm, stride_xp, stride_qm, stride_sm,
               ACT: tl.constexpr, QUANT: tl.constexpr, GROUP: tl.constexpr, BLOCK: tl.constexpr,
-              EVEN: tl.constexpr):
+              EVEN: tl.constexpr, PARTS: tl.constexpr):
     """Row ``pid(0)``, columns ``pid(1) * BLOCK ...``: ``y = act(x)`` (gated: ``x = [gate | up]`` of
-    width ``2 * WIDTH``), computed in float32, then stored as a plain cast (Q_NONE) or as fp8 e4m3
+    width ``2 * WIDTH``; x the sum of PARTS split-K partials ``stride_xp`` apart), computed in
+    float32, then stored as a plain cast (Q_NONE) or as fp8 e4m3
     codes with one float32 scale per GROUP columns (Q_FP8_GROUP; a whole row when GROUP = BLOCK):
     ``scale = max(absmax, 1e-10) / 448``, ``q = fp8(clamp(y / scale, -448, 448))`` with true divisions,
     as moe_oracle.reference.activation_quant does."""
@@ -108,15 +121,9 @@ def act_quant(x_ptr, q_ptr, s_ptr, WIDTH, stride_xm, stride_qm, stride_sm,
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < WIDTH
     x_row = x_ptr + row * stride_xm
-    if EVEN:
-        x = tl.load(x_row + cols).to(tl.float32)
-    else:
-        x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
+    x = _load_row(x_row, cols, mask, stride_xp, PARTS, EVEN)
     if ACT == 1 or ACT == 2 or ACT == 3 or ACT == 4:  # noqa: PLR1714 (constexpr compares in a Triton kernel)
-        if EVEN:
-            up = tl.load(x_row + WIDTH + cols).to(tl.float32)
-        else:
-            up = tl.load(x_row + WIDTH + cols, mask=mask, other=0.0).to(tl.float32)
+        up = _load_row(x_row + WIDTH, cols, mask, stride_xp, PARTS, EVEN)
     if ACT == 1:
         y = x * _sigmoid(x) * up
     elif ACT == 2:
@@ -158,9 +165,10 @@ def act_quant(x_ptr, q_ptr, s_ptr, WIDTH, stride_xm, stride_qm, stride_sm,
 
 
 @triton.jit
-def reduce_topk(y_ptr, ids_ptr, emap_ptr, out_ptr, H, stride_ym, stride_om, E_GLOBAL, E_LOCAL,
-                TOP_K: tl.constexpr, HAS_MAP: tl.constexpr, BLOCK: tl.constexpr):
-    """``out[t] = sum_j y[t * TOP_K + j]`` over the slots j whose expert is local (others add 0)."""
+def reduce_topk(y_ptr, ids_ptr, emap_ptr, out_ptr, H, stride_ym, stride_yp, stride_om, E_GLOBAL, E_LOCAL,
+                TOP_K: tl.constexpr, HAS_MAP: tl.constexpr, BLOCK: tl.constexpr, PARTS: tl.constexpr):
+    """``out[t] = sum_j y[t * TOP_K + j]`` over the slots j whose expert is local (others add 0);
+    each y row the sum of PARTS split-K partials ``stride_yp`` apart."""
     t = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < H
@@ -170,5 +178,6 @@ def reduce_topk(y_ptr, ids_ptr, emap_ptr, out_ptr, H, stride_ym, stride_om, E_GL
         all_true = g == g  # noqa: PLR0124 (a mask of g's shape, all true)
         local = _local_expert(g, emap_ptr, all_true, E_GLOBAL, E_LOCAL, HAS_MAP)
         width = tl.where(local >= 0, H, 0)  # a skipped slot reads nothing
-        acc += tl.load(y_ptr + (t * TOP_K + j) * stride_ym + cols, mask=cols < width, other=0.0)
+        for p in tl.static_range(PARTS):
+            acc += tl.load(y_ptr + p * stride_yp + (t * TOP_K + j) * stride_ym + cols, mask=cols < width, other=0.0)
     tl.store(out_ptr + t * stride_om + cols, acc.to(out_ptr.dtype.element_ty), mask=mask)

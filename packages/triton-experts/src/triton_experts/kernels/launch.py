@@ -101,6 +101,9 @@ def plan_gemm(*, variant: str, weight: torch.Tensor, scale: torch.Tensor | None,
                          "power-of-two multiple of it")
     if packed_or_grouped and k % bk:
         raise ValueError(f"{variant}: BLOCK_K={bk} must divide K={k}")
+    if not 1 <= config.SPLIT_K <= triton_cdiv(k, bk):
+        raise ValueError(f"SPLIT_K={config.SPLIT_K} must be between 1 and the {triton_cdiv(k, bk)} K steps of "
+                         f"K={k} in BLOCK_K={bk}")
     dummy, dummy_u8 = _dummies(weight.device)
     s = scale if scale is not None else dummy
     z = zero if zero is not None else dummy_u8
@@ -122,7 +125,8 @@ def plan_gemm(*, variant: str, weight: torch.Tensor, scale: torch.Tensor | None,
 def run_gemm(plan: GemmPlan, *, a: torch.Tensor, a_scale: torch.Tensor | None, out: torch.Tensor,
              topk_weights: torch.Tensor | None, alignment: Alignment) -> object:
     """``out[row, :n] = A[row // top_k] @ W[e].T`` (scaled, + bias, * top-k weight) for every aligned
-    row; rows not listed in the alignment are left untouched. Shapes are the caller's contract
+    row; rows not listed in the alignment are left untouched. With SPLIT_K > 1 ``out`` is
+    [SPLIT_K, rows, N] and holds partials that sum to that. Shapes are the caller's contract
     (:func:`grouped_gemm` checks them). Returns Triton's launch handle (``.asm`` holds the compiled
     code, for diagnostics)."""
     c = plan.config
@@ -135,17 +139,17 @@ def run_gemm(plan: GemmPlan, *, a: torch.Tensor, a_scale: torch.Tensor | None, o
         sa0, sa1 = a_s.stride(0) if a_s.numel() > 1 else 0, 0
     num_m_blocks = alignment.sorted_ids.shape[0] // c.BLOCK_M
     ws = plan.weight_strides
-    return plan.kernel[(num_m_blocks * plan.n_blocks,)](
+    return plan.kernel[(num_m_blocks * plan.n_blocks * c.SPLIT_K,)](
         a, a_s, weight, s, z, b, out, topk_weights if topk_weights is not None else dummy,
         alignment.sorted_ids, alignment.expert_ids, alignment.num_post_padded,
         plan.n, plan.k, alignment.num_valid, num_m_blocks,
         a.stride(0), a.stride(1), sa0, sa1,
         ws[0], ws[1], ws[2], ws[3], ws[4], ws[5], ws[6], ws[7], ws[8],
-        out.stride(0), out.stride(1),
+        out.stride(-2), out.stride(-1), out.stride(0) if out.dim() == 3 else 0,
         GROUP_K=plan.group_k, TOP_K=plan.top_k, MUL_WEIGHT=topk_weights is not None, HAS_BIAS=plan.has_bias,
         DOT_UPCAST=_INTERPRETED and a.dtype in (torch.bfloat16, torch.float16), PTX=_PTX and a.is_cuda,
         EVEN_K=plan.even_k,
-        BLOCK_M=c.BLOCK_M, BLOCK_N=c.BLOCK_N, BLOCK_K=c.BLOCK_K, GROUP_M=c.GROUP_M, K_TILE=plan.k_tile,
+        BLOCK_M=c.BLOCK_M, BLOCK_N=c.BLOCK_N, BLOCK_K=c.BLOCK_K, GROUP_M=c.GROUP_M, K_TILE=plan.k_tile, SPLIT_K=c.SPLIT_K,
         num_warps=c.num_warps, num_stages=c.num_stages,
     )
 
@@ -175,8 +179,9 @@ def grouped_gemm(
     """
     if a.dim() != 2 or a.shape[1] != k:
         raise ValueError(f"A must be [M, {k}], got {list(a.shape)}")
-    if out.shape != (a.shape[0] * top_k, n):
-        raise ValueError(f"out must be [{a.shape[0] * top_k}, {n}], got {list(out.shape)}")
+    expected = (a.shape[0] * top_k, n) if config.SPLIT_K == 1 else (config.SPLIT_K, a.shape[0] * top_k, n)
+    if out.shape != expected:
+        raise ValueError(f"out must be {list(expected)} (SPLIT_K={config.SPLIT_K}), got {list(out.shape)}")
     if alignment.sorted_ids.shape[0] % config.BLOCK_M:
         raise ValueError(f"the alignment was made for another BLOCK_M than {config.BLOCK_M}")
     plan = plan_gemm(variant=variant, weight=weight, scale=scale, zero=zero, bias=bias, top_k=top_k, n=n, k=k,
