@@ -91,19 +91,18 @@ def _time(ex, name, gemm, scheme, ids, k, cfg, rep):
     import triton.testing
 
     from triton_experts.align import align_by_expert_triton
-    from triton_experts.kernels.launch import plan_gemm, run_gemm
+    from triton_experts.kernels.launch import new_gemm_out, plan_gemm, run_gemm
 
     n, kk, w, group = gemm
     m = ids.shape[0]
     a, a_scale = _operands(scheme, m if name == "w13" else m * k, kk)
     e = w["weight"].shape[0]
     al = align_by_expert_triton(ids, num_local_experts=e, num_experts=e, block_m=cfg.BLOCK_M)
-    # as the experts store GEMM outputs: bf16, or float32 split-K partials
-    out = torch.empty(m * k, n, device="cuda", dtype=torch.bfloat16) if cfg.SPLIT_K == 1 else \
-        torch.empty(cfg.SPLIT_K, m * k, n, device="cuda", dtype=torch.float32)
     tw = torch.rand(m * k, device="cuda") if name == "w2" else None
     plan = plan_gemm(variant=ex.variant_name, weight=w["weight"], scale=w.get("scale"), zero=w.get("zero"),
                      bias=None, top_k=k if name == "w13" else 1, n=n, k=kk, group_k=group, config=cfg)
+    # as the experts store GEMM outputs: bf16, or float32 split-K partials
+    out = new_gemm_out(plan, rows=m * k, dtype=torch.bfloat16, device=torch.device("cuda"))
 
     def fn():
         run_gemm(plan, a=a, a_scale=a_scale, out=out, topk_weights=tw, alignment=al)

@@ -31,7 +31,7 @@ from moe_oracle.reference.activation_quant import quantize_activation
 from quantkeys import SCHEMES, Granularity, PlatformKind, QuantDType, QuantKey
 
 from .align import align_for_experts, fused_kernels
-from .kernels.launch import GemmPlan, run_gemm
+from .kernels.launch import GemmPlan, new_gemm_out, run_gemm
 from .layout import LAYOUT
 from .tuning import LaunchConfig, get_config
 
@@ -224,7 +224,7 @@ class TritonExperts(Experts):
         per_tensor_a2 = self._q2 is None and self.quant.a2.key is not None
         alloc = torch.zeros if per_tensor_a2 or _INTERPRETED else torch.empty  # (no overflow warnings on the CPU)
         inter = hidden_states.dtype if hidden_states.dtype in (torch.bfloat16, torch.float16) else torch.float32
-        gemm1 = _gemm_out(alloc, g1p, m * k, device=device, dtype=inter)
+        gemm1 = new_gemm_out(g1p, rows=m * k, dtype=inter, device=device, alloc=alloc)
         run_gemm(g1p, a=x, a_scale=x_scale, out=gemm1, topk_weights=None, alignment=alignment)
         # activation + GEMM2 input (split-K partials summed first)
         if self._q2 is not None and self._act_code is not None:
@@ -233,7 +233,7 @@ class TritonExperts(Experts):
             act = apply_activation(cfg.activation, (gemm1.sum(0) if gemm1.dim() == 3 else gemm1).float())
             y, y_scale = self._quantize(act if self.quant.a2.key is not None else act.to(hidden_states.dtype),
                                         self.quant.a2.key, self.quant.a2.scale)
-        gemm2 = _gemm_out(torch.empty, g2p, m * k, device=device, dtype=inter)
+        gemm2 = new_gemm_out(g2p, rows=m * k, dtype=inter, device=device)
         tw = topk_weights if topk_weights.dtype == torch.float32 else topk_weights.to(torch.float32)
         run_gemm(g2p, a=y, a_scale=y_scale, out=gemm2, topk_weights=tw.reshape(-1), alignment=alignment)
         return _reduce(gemm2, topk_ids, self.expert_map, m=m, top_k=k, h=g2p.n, num_experts=cfg.num_experts,
@@ -271,14 +271,6 @@ def _fused_quant(key: QuantKey | None, static: torch.Tensor | None) -> tuple[str
             and key.scale2 is None and static is None and gran in (Granularity.GROUP, Granularity.TOKEN):
         return ("fp8", key.group_shape.cols if gran is Granularity.GROUP else 0)
     return None
-
-
-def _gemm_out(alloc, plan: GemmPlan, rows: int, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A GEMM's output: [rows, N] in ``dtype``, or [SPLIT_K, rows, N] float32 partials."""
-    parts = plan.config.SPLIT_K
-    if parts == 1:
-        return alloc(rows, plan.n, device=device, dtype=dtype)
-    return alloc(parts, rows, plan.n, device=device, dtype=torch.float32)
 
 
 def _parts(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:

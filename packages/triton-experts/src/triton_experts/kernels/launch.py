@@ -122,6 +122,18 @@ def plan_gemm(*, variant: str, weight: torch.Tensor, scale: torch.Tensor | None,
     )
 
 
+def gemm_out_shape(config: LaunchConfig, *, rows: int, n: int) -> tuple[int, ...]:
+    """What a GEMM launch writes: [rows, N], or [SPLIT_K, rows, N] partials."""
+    return (rows, n) if config.SPLIT_K == 1 else (config.SPLIT_K, rows, n)
+
+
+def new_gemm_out(plan: GemmPlan, *, rows: int, dtype: torch.dtype, device: torch.device,
+                 alloc=torch.empty) -> torch.Tensor:
+    """An output buffer for ``plan``: [rows, N] in ``dtype``, or [SPLIT_K, rows, N] float32 partials."""
+    return alloc(gemm_out_shape(plan.config, rows=rows, n=plan.n), device=device,
+                 dtype=dtype if plan.config.SPLIT_K == 1 else torch.float32)
+
+
 def run_gemm(plan: GemmPlan, *, a: torch.Tensor, a_scale: torch.Tensor | None, out: torch.Tensor,
              topk_weights: torch.Tensor | None, alignment: Alignment) -> object:
     """``out[row, :n] = A[row // top_k] @ W[e].T`` (scaled, + bias, * top-k weight) for every aligned
@@ -179,7 +191,7 @@ def grouped_gemm(
     """
     if a.dim() != 2 or a.shape[1] != k:
         raise ValueError(f"A must be [M, {k}], got {list(a.shape)}")
-    expected = (a.shape[0] * top_k, n) if config.SPLIT_K == 1 else (config.SPLIT_K, a.shape[0] * top_k, n)
+    expected = gemm_out_shape(config, rows=a.shape[0] * top_k, n=n)
     if out.shape != expected:
         raise ValueError(f"out must be {list(expected)} (SPLIT_K={config.SPLIT_K}), got {list(out.shape)}")
     if alignment.sorted_ids.shape[0] % config.BLOCK_M:
