@@ -114,8 +114,7 @@ def gemm_rows(shapes: dict[str, tuple[int, int]], ms: tuple[int, ...], log, roun
                 f"{t_tri:9.1f} {row['triton_tflops']:7.1f} {row['triton_vs_cublas']:6.2f} | "
                 f"{t_auto:9.1f} {choice.kernel:>9} {t_lib:10.1f} {row['auto_vs_best']:6.2f} | "
                 f"{'ok' if row['ok'] else 'WRONG'} {time.time() - t0:4.1f}s"
-                + ("" if cfg is None else f" {cfg.block_m}x{cfg.block_n}{' tma' if cfg.tma else ''}"
-                                          f"{' ws' if cfg.warp_specialize else ''}"))
+                + ("" if cfg is None else f" {cfg.block_m}x{cfg.block_n} {cfg.engine.value}"))
             del sets
             torch.cuda.empty_cache()
     return rows

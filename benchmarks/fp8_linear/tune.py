@@ -1,8 +1,8 @@
 """Tune the Triton block-scaled GEMM per (N, K, device) and record it against cuBLAS.
 
 For every shape and M it times a pruned set of configs (the previously tuned config first, the
-heuristic's, then tile sizes, split-K, stages, warps, and at large M the persistent TMA kernel
-with and without warp specialization) with the benchmark's method (``_common.py``), keeps the
+heuristic's, then tile sizes, split-K, stages, warps, and from M = 128 the warp-specialized Gluon
+kernel (``engine = "wgmma"``, sm90) with several stage counts and tile orders) with the benchmark's method (``_common.py``), keeps the
 fastest config whose output matches torch's blockwise cuBLASLt, and times cuBLAS the way the
 library runs it (``fp8_linear.kernels.cublas.cublas_gemm`` on operands laid out as
 ``Fp8BlockLinear``'s quantization produces them: storage of ``round_up(M, 4)`` rows, TMA-aligned
@@ -46,16 +46,31 @@ CONFIG_DIR = ROOT / "packages" / "fp8-linear" / "src" / "fp8_linear" / "configs"
 ROUNDS = 3
 
 
-def candidates(m: int, n: int, k: int, sms: int, previous=None, search: str = "all", tma: bool = False):
+WGMMA_MIN_M = 128  # below this one 128-row tile is mostly padding
+
+
+def wgmma_candidates(m: int) -> list:
+    from fp8_linear.tuned import Engine, GemmConfig
+
+    if m < WGMMA_MIN_M:
+        return []
+    return [GemmConfig(block_m=128, block_n=128, block_k=128, group_m=group_m, num_stages=stages, engine=Engine.WGMMA)
+            for stages, group_m in ((4, 8), (5, 8), (3, 8), (4, 16))]
+
+
+def candidates(m: int, n: int, k: int, sms: int, previous=None, search: str = "all"):
     """Configs worth timing at this M (the previously tuned one and the heuristic's first).
 
     ``search``: "all" every M; "large" the search only at M >= 1024 (elsewhere the previous
-    config, else the heuristic's); "none" no search."""
+    config, else the heuristic's); "wgmma" the previous config and the Gluon kernel's candidates;
+    "none" no search."""
     from fp8_linear.tuned import GemmConfig, heuristic_config
 
     out = ([previous] if previous is not None else []) + [heuristic_config(m, n, k, group_k=128, num_sms=sms)]
     if search == "none" or (search == "large" and m < 1024):
         return out[:1]
+    if search == "wgmma":
+        return _unique(out[:1] + wgmma_candidates(m))
     k_iters = k // 128
     if m <= 64:
         bm = max(16, 1 << max(0, (m - 1).bit_length()))
@@ -74,24 +89,19 @@ def candidates(m: int, n: int, k: int, sms: int, previous=None, search: str = "a
                     for unroll in (1, 2) if (bm, bn) == (64, 128) else (1,):
                         out.append(GemmConfig(block_m=bm, block_n=bn, block_k=128, group_m=8, split_k=split,
                                               num_warps=4, num_stages=4, k_unroll=unroll))
-    else:
-        if search == "all":
-            for bm, bn, warps, stages in ((64, 128, 4, 3), (64, 128, 4, 4), (128, 128, 8, 3), (128, 128, 8, 4),
-                                          (128, 64, 4, 3), (128, 256, 8, 3), (256, 128, 8, 3)):
-                out.append(GemmConfig(block_m=bm, block_n=bn, block_k=128, group_m=8, num_warps=warps,
-                                      num_stages=stages))
-            out.append(GemmConfig(block_m=128, block_n=128, block_k=128, group_m=8, num_warps=8, num_stages=3,
-                                  k_unroll=2))
-        # the persistent TMA-descriptor kernel: larger tiles, more stages, warp specialization. Off by
-        # default: both H100 runs (2026-11-24) stalled at the first M >= 1024 candidate set holding them
-        # (no output for > 60 s, killed by the time limit); which config stalls is not isolated yet.
-        for bm, bn, warps, stages, ws in () if not tma else ((128, 128, 8, 3, 0), (128, 128, 8, 4, 0), (128, 128, 8, 3, 1),
-                                          (128, 128, 4, 3, 1), (128, 256, 8, 3, 0), (128, 256, 8, 3, 1),
-                                          (256, 128, 8, 3, 0), (64, 128, 4, 4, 0)):
+    elif search == "all":
+        for bm, bn, warps, stages in ((64, 128, 4, 3), (64, 128, 4, 4), (128, 128, 8, 3), (128, 128, 8, 4),
+                                      (128, 64, 4, 3), (128, 256, 8, 3), (256, 128, 8, 3)):
             out.append(GemmConfig(block_m=bm, block_n=bn, block_k=128, group_m=8, num_warps=warps,
-                                  num_stages=stages, tma=1, warp_specialize=ws))
+                                  num_stages=stages))
+        out.append(GemmConfig(block_m=128, block_n=128, block_k=128, group_m=8, num_warps=8, num_stages=3,
+                              k_unroll=2))
+    return _unique(out + wgmma_candidates(m))
+
+
+def _unique(configs: list) -> list:
     seen, unique = set(), []
-    for c in out:
+    for c in configs:
         if c not in seen:
             seen.add(c)
             unique.append(c)
@@ -99,7 +109,7 @@ def candidates(m: int, n: int, k: int, sms: int, previous=None, search: str = "a
 
 
 def tune_shape(n: int, k: int, ms: tuple[int, ...], deadline: float, log, previous: dict | None = None,
-               search: str = "all", tma: bool = False) -> dict:
+               search: str = "all") -> dict:
     import fp8_linear
     from fp8_linear.kernels.cublas import cublas_gemm
     from fp8_linear.kernels.triton_gemm import triton_gemm
@@ -124,7 +134,7 @@ def tune_shape(n: int, k: int, ms: tuple[int, ...], deadline: float, log, previo
         t_cub = bench_us([lambda c=c: cublas_gemm(*c, api=api) for c in as_col])
         prior = GemmConfig.from_json(old[str(m)]) if str(m) in old else None
         best = None
-        for i, cfg in enumerate(candidates(m, n, k, sms, prior, search, tma)):
+        for i, cfg in enumerate(candidates(m, n, k, sms, prior, search)):
             if i > 1 and time.time() > deadline:  # past the budget: the previous and the heuristic's config only
                 break
             log(f"    M={m} trying {cfg} ({time.time() - deadline:+.0f} s from the deadline)")
@@ -154,7 +164,7 @@ def tune_shape(n: int, k: int, ms: tuple[int, ...], deadline: float, log, previo
         timings[str(m)] = {"triton": round(best[0], 2), "cublas": round(t_cub, 2), "cublas_peer": round(t_peer, 2)}
         c = best[1]
         log(f"  N={n} K={k} M={m}: triton {best[0]:.1f} us ({c.block_m}x{c.block_n}x{c.block_k} s{c.split_k} "
-            f"w{c.num_warps} st{c.num_stages} u{c.k_unroll} tma{c.tma} ws{c.warp_specialize}) vs cublas {t_cub:.1f} "
+            f"w{c.num_warps} st{c.num_stages} u{c.k_unroll} {c.engine.value}) vs cublas {t_cub:.1f} "
             f"us (peer {t_peer:.1f}): x{t_peer / best[0]:.2f}")
         del sets, checked
         torch.cuda.empty_cache()
@@ -168,11 +178,10 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=420.0,
                         help="after this many seconds only the previous and the heuristic config are timed")
     parser.add_argument("--out", default=str(CONFIG_DIR))
-    parser.add_argument("--search", choices=("all", "large", "none"), default="all",
-                        help="'large': search configs only at M >= 1024 (the previous config elsewhere); 'none': "
-                             "time the previous configs only (refreshes the dispatch table)")
-    parser.add_argument("--tma", action="store_true",
-                        help="also try the persistent TMA kernel at M >= 1024 (stalled the tuner on the H100 once)")
+    parser.add_argument("--search", choices=("all", "large", "wgmma", "none"), default="all",
+                        help="'large': search configs only at M >= 1024 (the previous config elsewhere); 'wgmma': the "
+                             "previous config against the Gluon kernel's candidates; 'none': time the previous configs "
+                             "only (refreshes the dispatch table)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("tuning needs a CUDA GPU")
@@ -199,8 +208,7 @@ def main() -> None:
         if previous is None:  # the package's shipped file as the starting point
             shipped = CONFIG_DIR / path.name
             previous = json.loads(shipped.read_text()) if shipped.is_file() else None
-        result = tune_shape(n, k, ms, deadline, lambda line: print(line, flush=True), previous, args.search,
-                            args.tma)
+        result = tune_shape(n, k, ms, deadline, lambda line: print(line, flush=True), previous, args.search)
         if not result["configs"]:
             continue
         configs = {**(previous or {}).get("configs", {}), **result["configs"]}
@@ -212,7 +220,8 @@ def main() -> None:
         path.write_text(json.dumps(data, indent=1) + "\n")
         written.append(path)
         fresh = {int(m): {"triton": t["triton"], "cublas": t["cublas"]} for m, t in result["timings_us"].items()}
-        dispatch["shapes"][f"{n},{k}"] = table_json(fresh)
+        kept = {int(m): t for m, t in dispatch["shapes"].get(f"{n},{k}", {}).get("timings_us", {}).items()}
+        dispatch["shapes"][f"{n},{k}"] = table_json({**kept, **fresh})  # M values not tuned now keep their times
         print(f"  wrote {path}; dispatch {dispatch['shapes'][f'{n},{k}']['ranges']}", flush=True)
     dispatch.update({"variant": "block", "block_size": [128, 128], "device": info["device"], "torch": info["torch"],
                      "triton": info["triton"], "written_by": "benchmarks/fp8_linear/tune.py",

@@ -54,6 +54,60 @@ def test_cublas_v1_where_it_is_safe(h):
     h.assert_close(out, expected, magnitude)
 
 
+WGMMA_SHAPES = [(1, 128, 128), (70, 304, 384), (200, 576, 1536), (1000, 2112, 512), (4100, 1032, 256)]
+
+
+@pytest.mark.parametrize(("m", "n", "k"), WGMMA_SHAPES, ids=str)
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("stages", [2, 4, 5])
+def test_wgmma_kernel(h, m, n, k, out_dtype, stages, monkeypatch):
+    """The Gluon kernel on sm90: ragged M and N (TMA zero fill and clipped stores), more tiles than
+    SMs (persistent loop, ring phases across tiles), one K group, bias, row- and column-major
+    activation scales; against float64. Asserts that the Gluon kernel itself ran."""
+    if not sm90():
+        pytest.skip("wgmma is SM90-only")
+    import fp8_linear.kernels.triton_gemm as tg
+    from fp8_linear.tuned import Engine, GemmConfig, fit_config
+    from fp8_linear.validation import check_gemm
+
+    launched = []
+    original = tg.wgmma_gemm
+    monkeypatch.setattr(tg, "wgmma_gemm", lambda *a, **kw: (launched.append(1), original(*a, **kw)))
+    a, a_s, w, w_s = operands(h, m, n, k, seed=m + n + k + stages)
+    bias = torch.randn(n).to(out_dtype) if m % 2 == 0 else None
+    expected, magnitude = h.ref(a, a_s, w, w_s, granularity="block", bias=bias)
+    options = fp8_linear_options()
+    for scales in (a_s, a_s.t().contiguous().t()):
+        ops, problem = check_gemm(a.cuda(), scales.cuda(), w.cuda(), w_s.cuda(), block_size=(128, 128),
+                                  out_dtype=out_dtype, bias=None if bias is None else bias.cuda(), granularity="block",
+                                  check_values=True)
+        cfg = fit_config(GemmConfig(block_m=128, block_n=128, block_k=128, num_stages=stages, engine=Engine.WGMMA),
+                         problem.variant, k=k, group_k=problem.group_k)
+        out = tg.triton_gemm(ops, problem, config=cfg, options=options)
+        h.assert_close(out, expected, magnitude, bias=bias)
+    assert launched == [1, 1]
+
+
+def test_wgmma_refuses_what_tma_cannot_read(h):
+    """An output row stride that is not 16-byte aligned (N = 300 in bf16) is refused with the reason."""
+    if not sm90():
+        pytest.skip("wgmma is SM90-only")
+    from fp8_linear.kernels.wgmma_gemm import wgmma_unusable
+    from fp8_linear.validation import check_gemm
+
+    a, a_s, w, w_s = operands(h, 8, 300, 256, seed=3)
+    ops, problem = check_gemm(a.cuda(), a_s.cuda(), w.cuda(), w_s.cuda(), block_size=(128, 128),
+                              out_dtype=torch.bfloat16, bias=None, granularity="block", check_values=True)
+    out = torch.empty((8, 300), dtype=torch.bfloat16, device="cuda")
+    assert "16-byte aligned" in wgmma_unusable(ops, problem, fp8_linear_options(), out, ops.a_s, ops.w_s)
+
+
+def fp8_linear_options():
+    import fp8_linear
+
+    return fp8_linear.triton_options(LinearPlatform.parse("cuda:9.0"))
+
+
 @pytest.mark.parametrize(("m", "n", "k"), [(1, 2112, 7168), (64, 576, 7168), (512, 4096, 2048), (33, 300, 640)])
 @pytest.mark.parametrize("kernel", [None, "triton"])
 def test_auto_and_triton_at_model_sizes(h, m, n, k, kernel):

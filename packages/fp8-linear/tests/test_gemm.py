@@ -259,49 +259,44 @@ def test_triton_k_unroll_with_ragged_k(h, device, k_unroll):
         h.assert_close(out, expected, magnitude)
 
 
-TMA_CONFIGS = [
-    GemmConfig(block_m=16, block_n=32, block_k=64, group_m=2, tma=1),  # weight-scale vector per tile
-    GemmConfig(block_m=32, block_n=128, block_k=128, group_m=1, tma=1, num_warps=8),  # scalar weight scale
-    GemmConfig(block_m=16, block_n=256, block_k=128, group_m=4, tma=1, flatten=1),  # tile wider than the block
-    GemmConfig(block_m=64, block_n=64, block_k=128, group_m=8, tma=1, warp_specialize=1),
-]
+def test_wgmma_engine_only_where_it_applies():
+    """fit_config keeps the Gluon engine only for variants that have it with 128-wide K groups, and
+    pins its tiles; elsewhere the config falls back to the pointer kernels unchanged otherwise."""
+    from fp8_linear.tuned import Engine, fit_config
+
+    cfg = GemmConfig(block_m=64, block_n=64, block_k=64, split_k=4, num_stages=9, engine=Engine.WGMMA)
+    block = fit_config(cfg, fp8_linear.VARIANTS[fp8_linear.Granularity.BLOCK], k=4096, group_k=128)
+    assert (block.engine, block.block_m, block.block_n, block.block_k, block.split_k, block.num_stages) == (
+        Engine.WGMMA, 128, 128, 128, 1, 5)
+    small_groups = fit_config(cfg, fp8_linear.VARIANTS[fp8_linear.Granularity.BLOCK], k=4096, group_k=64)
+    assert (small_groups.engine, small_groups.block_k, small_groups.split_k) == (Engine.POINTERS, 64, 4)
+    tensor = fit_config(cfg, fp8_linear.VARIANTS[fp8_linear.Granularity.TENSOR], k=4096, group_k=None)
+    assert (tensor.engine, tensor.split_k) == (Engine.POINTERS, 4)
+    assert GemmConfig.from_json(block.to_json()) == block
+    assert GemmConfig.from_json({"block_m": 16, "block_n": 32, "block_k": 64}).engine is Engine.POINTERS
+    with pytest.raises(ValueError, match="unknown GEMM engine 'tcgen05'"):
+        GemmConfig.from_json({"block_m": 16, "block_n": 32, "block_k": 64, "engine": "tcgen05"})
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("config", TMA_CONFIGS,
-                         ids=lambda c: f"{c.block_m}x{c.block_n}x{c.block_k}w{c.warp_specialize}f{c.flatten}")
-@pytest.mark.parametrize("scales", ["row", "column", "e8m0"])
-def test_triton_persistent_tma(h, device, config, scales, monkeypatch):
-    """The persistent TMA-descriptor kernel of the block variant: ragged M and N (descriptor
-    zero-fill, masked stores), more tiles than programs, bias, every scale layout."""
-    import fp8_linear.kernels.triton_gemm as tg
-    from fp8_linear.tuned import fit_config
+def test_wgmma_config_off_hopper_runs_the_pointer_kernel(h, device):
+    """Off sm90 (the interpreter, other GPUs) a WGMMA config says why it cannot run and the same
+    tiles run in the pointer kernel, which must still be right."""
+    from fp8_linear.kernels import triton_gemm as tg
+    from fp8_linear.tuned import Engine, fit_config
 
-    launched = []
-    original = tg._launch_tma
-    monkeypatch.setattr(tg, "_launch_tma", lambda *a, **k: (launched.append(1), original(*a, **k)))
     m, n, k = 70, 300, 384
-    a, a_s, w, w_s, blk = make(h, "block", m, n, k, seed=config.block_n + config.block_m, e8m0=scales == "e8m0")
-    if scales == "column":
-        a_s = a_s.t().contiguous().t()
+    a, a_s, w, w_s, blk = make(h, "block", m, n, k, seed=5)
     b = torch.randn(n, generator=torch.Generator().manual_seed(4))
     ops, problem = check_gemm(a.to(device), a_s.to(device), w.to(device), w_s.to(device), block_size=blk,
                               out_dtype=torch.bfloat16, bias=b.to(device), granularity="block", check_values=True)
-    cfg = fit_config(config, problem.variant, k=k, group_k=problem.group_k)
-    assert cfg.tma == 1
+    cfg = fit_config(GemmConfig(block_m=128, block_n=128, block_k=128, engine=Engine.WGMMA), problem.variant,
+                     k=k, group_k=problem.group_k)
     options = fp8_linear.triton_options(LinearPlatform.parse("cuda:9.0"))
-    out = tg.triton_gemm(ops, problem, config=cfg, options=options)
-    assert launched == ([1] if tg.tma_usable(ops.a, options) else [])
+    out = torch.empty((m, n), dtype=torch.bfloat16, device=device)
+    why = tg.wgmma_unusable(ops, problem, options, out, ops.a_s, ops.w_s)
+    if device == "cpu" or torch.cuda.get_device_capability(0)[0] != 9:
+        assert why is not None
+    tg.triton_gemm(ops, problem, config=cfg, options=options, out=out)
     expected, magnitude = h.ref(a, a_s, w, w_s, granularity="block", block=blk, bias=b)
     h.assert_close(out, expected, magnitude, bias=b)
-
-
-def test_tma_only_where_the_variant_has_it():
-    from fp8_linear.tuned import fit_config
-
-    cfg = GemmConfig(block_m=64, block_n=128, block_k=128, split_k=4, tma=1, warp_specialize=1)
-    block = fit_config(cfg, fp8_linear.VARIANTS[fp8_linear.Granularity.BLOCK], k=4096, group_k=128)
-    assert (block.tma, block.split_k, block.warp_specialize) == (1, 1, 1)
-    tensor = fit_config(cfg, fp8_linear.VARIANTS[fp8_linear.Granularity.TENSOR], k=4096, group_k=None)
-    assert (tensor.tma, tensor.split_k, tensor.warp_specialize) == (0, 4, 0)
-    assert GemmConfig.from_json(block.to_json()) == block

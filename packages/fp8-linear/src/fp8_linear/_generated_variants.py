@@ -38,7 +38,7 @@ VARIANTS: Mapping[Granularity, GemmVariant] = MappingProxyType({
         block_k=(32, 64, 128),
         schemes=('fp8_block',),
         kernel='gemm_block',
-        tma=True,
+        wgmma=True,
     ),
     Granularity.TOKEN_CHANNEL: GemmVariant(
         name='token_channel',
@@ -51,7 +51,7 @@ VARIANTS: Mapping[Granularity, GemmVariant] = MappingProxyType({
         block_k=(),
         schemes=('fp8_channel',),
         kernel='gemm_token_channel',
-        tma=False,
+        wgmma=False,
     ),
     Granularity.TENSOR: GemmVariant(
         name='tensor',
@@ -64,7 +64,7 @@ VARIANTS: Mapping[Granularity, GemmVariant] = MappingProxyType({
         block_k=(),
         schemes=('fp8_tensor_dynamic', 'fp8_tensor_static'),
         kernel='gemm_tensor',
-        tma=False,
+        wgmma=False,
     ),
     Granularity.MX: GemmVariant(
         name='mx',
@@ -77,6 +77,6 @@ VARIANTS: Mapping[Granularity, GemmVariant] = MappingProxyType({
         block_k=(32,),
         schemes=('mxfp8',),
         kernel='gemm_mx',
-        tma=False,
+        wgmma=False,
     ),
 })

@@ -7,7 +7,9 @@ underscores. Content::
     {"variant": "block", "n": 7168, "k": 2048, "block_size": [128, 128],
      "device": "NVIDIA H100 80GB HBM3", "torch": "...", "triton": "...",
      "configs": {"16": {"block_m": 16, "block_n": 64, "block_k": 128, "group_m": 1,
-                        "split_k": 4, "num_warps": 4, "num_stages": 4}, ...},
+                        "split_k": 4, "num_warps": 4, "num_stages": 4},
+                 "4096": {"engine": "wgmma", "block_m": 128, "block_n": 128, "block_k": 128,
+                          "group_m": 8, "num_stages": 4, ...}, ...},
      "timings_us": {"16": {"triton": 9.1, "cublas": 10.3}, ...}}
 
 The entry whose M is nearest (in log2) to the problem's M is used. ``timings_us`` lets the
@@ -16,6 +18,7 @@ registry prefer the faster of Triton and cuBLAS per M on that device.
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import os
@@ -27,12 +30,27 @@ from typing import Any
 from .variant_types import GemmVariant, ScaleApply
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+WGMMA_TILE = 128  # the Gluon kernel's tile edge: the weight block and the K group
+WGMMA_MAX_STAGES = 5  # 5 slots of 32 KiB plus the output staging fit the H100's 227 KiB
 ENV_CONFIG_DIR = "FP8_LINEAR_CONFIG_DIR"  # an extra folder searched first (tuning output)
+
+
+class Engine(enum.Enum):
+    """Which generated kernel family a config launches."""
+
+    POINTERS = "pointers"  # the Triton kernels of every variant (_generated_gemm): any platform
+    WGMMA = "wgmma"  # the warp-specialized Gluon kernels (_generated_wgmma): sm90, variants with wgmma
 
 
 @dataclass(frozen=True, kw_only=True)
 class GemmConfig:
-    """Tile sizes and launch options of a Triton GEMM (see the generated kernels' docstring)."""
+    """Tile sizes and launch options of a Triton GEMM (see the generated kernels' docstrings).
+
+    ``engine`` WGMMA: 128 x 128 x 128 tiles, ``num_stages`` shared-memory slots, ``group_m`` the
+    grouped tile order; ``split_k``, ``k_unroll`` and ``num_warps`` do not apply (``fit_config``
+    pins them). Where the Gluon kernel cannot run (not sm90, unaligned operands), the launch uses
+    the pointer kernel with the same tiles.
+    """
 
     block_m: int
     block_n: int
@@ -42,19 +60,21 @@ class GemmConfig:
     num_warps: int = 4
     num_stages: int = 3
     k_unroll: int = 1  # K iterations per loop step (1 or 2)
-    tma: int = 0  # 1: the persistent TMA-descriptor kernel (where the variant has one and the platform can)
-    warp_specialize: int = 0  # with tma: producer/consumer warps (tl.range(..., warp_specialize=True))
-    flatten: int = 0  # with tma: one flattened tile x K loop
+    engine: Engine = Engine.POINTERS
 
-    def to_json(self) -> dict[str, int]:
-        return asdict(self)
+    def to_json(self) -> dict[str, int | str]:
+        return {**asdict(self), "engine": self.engine.value}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GemmConfig:
         fields = {f: int(data[f]) for f in ("block_m", "block_n", "block_k")}
-        extra = {f: int(data[f]) for f in ("group_m", "split_k", "num_warps", "num_stages", "k_unroll", "tma",
-                                           "warp_specialize", "flatten") if f in data}
-        return cls(**fields, **extra)
+        extra = {f: int(data[f]) for f in ("group_m", "split_k", "num_warps", "num_stages", "k_unroll") if f in data}
+        try:
+            engine = Engine(data.get("engine", Engine.POINTERS.value))
+        except ValueError:
+            raise ValueError(f"unknown GEMM engine {data['engine']!r} in a tuned config; expected one of "
+                             f"{[e.value for e in Engine]}") from None
+        return cls(**fields, **extra, engine=engine)
 
 
 def device_key(name: str) -> str:
@@ -125,17 +145,22 @@ def heuristic_config(m: int, n: int, k: int, *, group_k: int | None, num_sms: in
 
 def fit_config(cfg: GemmConfig, variant: GemmVariant, *, k: int, group_k: int | None) -> GemmConfig:
     """Make ``cfg`` valid for the variant and shape: BLOCK_K divides the scale group (k_group
-    variants), at least 16 everywhere, split-K no larger than the K iterations."""
+    variants), at least 16 everywhere, split-K no larger than the K iterations; the WGMMA engine
+    only for variants that have it and 128-wide K groups, with its fixed tiles."""
+    if cfg.engine is Engine.WGMMA:
+        if variant.wgmma and group_k == WGMMA_TILE:
+            return replace(cfg, block_m=WGMMA_TILE, block_n=WGMMA_TILE, block_k=WGMMA_TILE, split_k=1, k_unroll=1,
+                           num_warps=4, num_stages=min(max(cfg.num_stages, 2), WGMMA_MAX_STAGES),
+                           group_m=max(1, cfg.group_m))
+        cfg = replace(cfg, engine=Engine.POINTERS)
     bk = cfg.block_k
     if variant.apply is ScaleApply.K_GROUP and group_k is not None:
         bk = math.gcd(bk, group_k)
     bk = max(bk, 16)
     k_iters = max(1, -(-k // bk))
     split = max(1, min(cfg.split_k, k_iters))
-    tma = 1 if cfg.tma and variant.tma else 0
-    return replace(cfg, block_k=bk, split_k=1 if tma else split, block_m=max(16, cfg.block_m),
-                   block_n=max(16, cfg.block_n), k_unroll=2 if cfg.k_unroll == 2 else 1, tma=tma,
-                   warp_specialize=int(bool(cfg.warp_specialize and tma)), flatten=int(bool(cfg.flatten and tma)))
+    return replace(cfg, block_k=bk, split_k=split, block_m=max(16, cfg.block_m), block_n=max(16, cfg.block_n),
+                   k_unroll=2 if cfg.k_unroll == 2 else 1)
 
 
 def choose_config(

@@ -42,8 +42,9 @@ class GemmVariant:
     depend on it). ``block_k``: the bk values the kernel serves. ``scale_dtype``: what the kernel
     reads natively (other scale dtypes are converted before launch). ``schemes``: the spec's
     schemes whose ``linear_gemm`` names this variant. ``kernel``: the Triton function's name in
-    ``fp8_linear.kernels._generated_gemm``. ``tma``: the variant also has a persistent
-    TMA-descriptor kernel (``<kernel>_tma``), which tuned configs may choose.
+    ``fp8_linear.kernels._generated_gemm``. ``wgmma``: the variant also has a warp-specialized
+    Hopper kernel in Gluon (``<kernel>_wgmma`` in ``fp8_linear.kernels._generated_wgmma``), which
+    tuned configs may choose (``engine = "wgmma"``).
     """
 
     name: str
@@ -56,7 +57,7 @@ class GemmVariant:
     block_k: tuple[int, ...]
     schemes: tuple[str, ...]
     kernel: str
-    tma: bool = False
+    wgmma: bool = False
 
     def scale_shapes(self, m: int, n: int, k: int, block_size: tuple[int, int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Expected 2-D shapes of the activation and weight scales (tensor scales: ``(1,)``)."""

@@ -15,11 +15,9 @@ Every kernel computes ``out[m, n] = sum_k a[m, k] * w[n, k] * scales (+ bias[n])
 * ``FP8_AS_BYTES``: ``a`` and ``w`` arrive as uint8 and are decoded to float16 before the dot
   (platforms whose Triton cannot compile fp8e4nv). ``SCALE_E8M0``: scales are E8M0 bytes.
 
-Variants with ``tma = true`` in the spec also get ``gemm_<name>_tma``: a persistent kernel (one
-program per SM walking the tiles in grouped order) that reads ``a`` and ``w`` through host-made
-tensor descriptors (TMA on Hopper; out-of-bounds rows and K columns read as zeros), native FP8
-only, no split-K. ``WARP_SPECIALIZE`` asks Triton to split the tile loop into producer and
-consumer warps; ``FLATTEN`` to flatten the tile and K loops into one pipelined loop.
+Variants with ``wgmma = true`` in the spec also have a Hopper kernel in Gluon
+(``fp8_linear.kernels._generated_wgmma``, from templates/fp8_linear/gemm_wgmma.py.j2), which tuned
+configs select with ``engine = "wgmma"``.
 """
 
 from __future__ import annotations
@@ -129,51 +127,6 @@ def gemm_block(
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
     else:
         tl.store(out_ptrs + pid_k * stride_os, acc, mask=mask)
-
-
-@triton.jit
-def gemm_block_tma(
-    a_desc, a_s_ptr, w_desc, w_s_ptr, bias_ptr, out_ptr,
-    M, N, K,
-    stride_om, stride_on,
-    stride_asm, stride_ask, stride_wsn, stride_wsk,
-    GROUP_N: tl.constexpr, GROUP_K: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SCALE_E8M0: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    NUM_PROGRAMS: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, FLATTEN: tl.constexpr,
-):
-    """1 x bk activation groups x bn x bk weight blocks (DeepSeek-V3: 1x128 x 128x128), persistent, TMA descriptors for `a` [M, K] (block [BLOCK_M, BLOCK_K]) and `w` [N, K] (block [BLOCK_N, BLOCK_K])."""
-    tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
-    k_iters = tl.cdiv(K, BLOCK_K)
-    for tile in tl.range(tl.program_id(0), tiles, NUM_PROGRAMS, flatten=FLATTEN, warp_specialize=WARP_SPECIALIZE):
-        pid_m, pid_n = tile_coords(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        off_m = pid_m * BLOCK_M
-        off_n = pid_n * BLOCK_N
-        offs_m = (off_m + tl.arange(0, BLOCK_M)) % M
-        a_s_ptrs = a_s_ptr + offs_m * stride_asm
-        if GROUP_N % BLOCK_N == 0:
-            w_s_ptrs = w_s_ptr + (off_n // GROUP_N) * stride_wsn
-        else:
-            w_s_ptrs = w_s_ptr + (((off_n + tl.arange(0, BLOCK_N)) % N) // GROUP_N) * stride_wsn
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for it in range(k_iters):
-            a = a_desc.load([off_m, it * BLOCK_K])
-            w = w_desc.load([off_n, it * BLOCK_K])
-            p = tl.dot(a, w.T)
-            group = (it * BLOCK_K) // GROUP_K
-            a_s = load_scale(a_s_ptrs + group * stride_ask, SCALE_E8M0)
-            w_s = load_scale(w_s_ptrs + group * stride_wsk, SCALE_E8M0)
-            if GROUP_N % BLOCK_N == 0:
-                acc += p * (a_s[:, None] * w_s)
-            else:
-                acc += p * a_s[:, None] * w_s[None, :]
-        rows = off_m + tl.arange(0, BLOCK_M)
-        cols = off_n + tl.arange(0, BLOCK_N)
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
-        mask = (rows[:, None] < M) & (cols[None, :] < N)
-        out_ptrs = out_ptr + rows.to(tl.int64)[:, None] * stride_om + cols[None, :] * stride_on
-        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -432,9 +385,4 @@ KERNELS = {
     'token_channel': gemm_token_channel,
     'tensor': gemm_tensor,
     'mx': gemm_mx,
-}
-
-# Persistent TMA kernels of the variants that have one (spec: tma = true).
-TMA_KERNELS = {
-    'block': gemm_block_tma,
 }

@@ -9,65 +9,11 @@ import triton.language as tl
 from ..fp8 import E4M3FNUZ, e8m0_to_float32, is_e8m0
 from ..platform import TritonOptions
 from ..problem import GemmProblem
-from ..tuned import GemmConfig
+from ..tuned import Engine, GemmConfig
 from ..validation import GemmOperands
 from ..variant_types import ScaleDtype, WeightScale
-from ._generated_gemm import KERNELS, TMA_KERNELS
-
-_NUM_SMS: dict[int, int] = {}
-
-
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4  # the interpreter: a few programs, so the persistent loop runs several tiles each
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _NUM_SMS:
-        _NUM_SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _NUM_SMS[index]
-
-
-def tma_usable(a: torch.Tensor, options: TritonOptions) -> bool:
-    """Can the persistent TMA kernel run here: native FP8 operands, host tensor descriptors in this
-    triton, and an sm90+ GPU (or the interpreter)?"""
-    if options.fp8_as_bytes:
-        return False
-    try:
-        from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
-    except ImportError:  # pragma: no cover - older triton
-        return False
-    if a.device.type == "cuda":
-        return torch.cuda.get_device_capability(a.device)[0] >= 9 and not getattr(torch.version, "hip", None)
-    return True
-
-
-def _allocator(size: int, alignment: int, stream: object) -> torch.Tensor:
-    return torch.empty(size, device="cuda", dtype=torch.int8)
-
-
-def _launch_tma(ops: GemmOperands, problem: GemmProblem, config: GemmConfig, a_s: torch.Tensor, w_s: torch.Tensor,
-                native_e8m0: bool, group_n: int, group_k: int, out: torch.Tensor) -> None:
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    m, n, k = problem.m, problem.n, problem.k
-    a_desc = TensorDescriptor.from_tensor(ops.a, [config.block_m, config.block_k])
-    w_desc = TensorDescriptor.from_tensor(ops.w, [config.block_n, config.block_k])
-    if ops.a.device.type == "cuda" and hasattr(triton, "set_allocator"):
-        triton.set_allocator(_allocator)  # scratch for warp specialization, where Triton asks for it
-    tiles = triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n)
-    programs = max(1, min(tiles, _num_sms(ops.a.device)))
-    a_strides = (a_s.stride(0), a_s.stride(1))
-    w_strides = (w_s.stride(0), w_s.stride(1))
-    bias = ops.bias if ops.bias is not None else out
-    TMA_KERNELS[problem.variant.name][(programs,)](
-        a_desc, a_s, w_desc, w_s, bias, out,
-        m, n, k,
-        out.stride(0), out.stride(1),
-        a_strides[0], a_strides[1], w_strides[0], w_strides[1],
-        GROUP_N=group_n, GROUP_K=group_k, HAS_BIAS=ops.bias is not None, SCALE_E8M0=native_e8m0,
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, GROUP_M=config.group_m,
-        NUM_PROGRAMS=programs, WARP_SPECIALIZE=bool(config.warp_specialize), FLATTEN=bool(config.flatten),
-        num_warps=config.num_warps, num_stages=config.num_stages,
-    )
+from ._generated_gemm import KERNELS
+from .wgmma_gemm import wgmma_gemm, wgmma_unusable
 
 
 @triton.jit
@@ -119,9 +65,8 @@ def triton_gemm(ops: GemmOperands, problem: GemmProblem, *, config: GemmConfig, 
         group_n, group_k = 1, k
     a_strides = (a_s.stride(0), a_s.stride(1)) if a_s.ndim == 2 else (0, 0)
     w_strides = (w_s.stride(0), w_s.stride(1)) if w_s.ndim == 2 else (0, 0)
-    if config.tma and problem.variant.name in TMA_KERNELS and a_s.ndim == 2 and w_s.ndim == 2 \
-            and tma_usable(a, options):
-        _launch_tma(ops, problem, config, a_s, w_s, native_e8m0, group_n, group_k, out)
+    if config.engine is Engine.WGMMA and wgmma_unusable(ops, problem, options, out, a_s, w_s) is None:
+        wgmma_gemm(ops, problem, config, a_s, w_s, out)
         return out
     split = config.split_k
     target = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=out.device)
