@@ -193,3 +193,18 @@ def test_shipped_dispatch_tables_parse():
             assert table.ranges and table.ranges[0].m_min == 1 and table.ranges[-1].m_max is None
             for r0, r1 in zip(table.ranges, table.ranges[1:], strict=False):
                 assert r0.m_max is not None and r1.m_min == r0.m_max + 1
+
+
+def test_tuned_wgmma_config_is_explained(tmp_path, monkeypatch, fresh):
+    """A tuned file choosing the Gluon engine reaches the choice, and explain() names it."""
+    cfg = {"engine": "wgmma", "block_m": 128, "block_n": 128, "block_k": 128, "group_m": 16, "num_stages": 4}
+    data = {"variant": "block", "n": 7168, "k": 2048, "block_size": [128, 128], "device": DEVICE,
+            "configs": {"2048": cfg}, "timings_us": {"2048": {"triton": 50.0, "cublas": 60.0}}}
+    (tmp_path / tuned.config_filename("block", 7168, 2048, (128, 128), DEVICE)).write_text(json.dumps(data))
+    monkeypatch.setenv(tuned.ENV_CONFIG_DIR, str(tmp_path))
+    fp8_linear.clear_caches()
+    h100 = LinearPlatform.parse("cuda:9.0", triton=True, interpret=False, scaled_mm=ScaledMMApi.V2,
+                                device_name=DEVICE)
+    choice = select_kernel(problem(2048), platform=h100, force="triton")
+    assert choice.config.engine is tuned.Engine.WGMMA and choice.config.group_m == 16
+    assert "Gluon wgmma kernel" in choice.explain() and "stages 4 group_m 16 (tuned M=2048)" in choice.explain()

@@ -35,7 +35,7 @@ from .errors import ForcedKernelError, NoKernelError, Rejection, RejectReason, U
 from .fp8 import E4M3FN
 from .platform import LinearPlatform, ScaledMMApi, triton_options
 from .problem import GemmProblem
-from .tuned import GemmConfig, choose_config
+from .tuned import Engine, GemmConfig, choose_config
 from .validation import GemmOperands
 
 log = logging.getLogger("fp8_linear")
@@ -177,7 +177,12 @@ class KernelChoice:
     def explain(self) -> str:
         how = f"forced by {self.forced_by}" if self.forced_by else "automatic"
         head = f"{self.platform}: {self.problem}: {self.kernel} ({how})"
-        if self.config is not None:
+        if self.config is not None and self.config.engine is Engine.WGMMA:
+            c = self.config
+            head += (f", Gluon wgmma kernel (sm90; the pointer kernel where it cannot run), tiles "
+                     f"{c.block_m}x{c.block_n}x{c.block_k} stages {c.num_stages} group_m {c.group_m} "
+                     f"({self.config_source})")
+        elif self.config is not None:
             c = self.config
             head += (f", tiles {c.block_m}x{c.block_n}x{c.block_k} split_k {c.split_k} warps {c.num_warps} "
                      f"stages {c.num_stages}{' k_unroll 2' if c.k_unroll == 2 else ''} ({self.config_source})")
