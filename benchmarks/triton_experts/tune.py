@@ -4,8 +4,9 @@ For each model shape and scheme, time each candidate config of each GEMM (GEMM1:
 GEMM2: N = H, K = I, with the top-k weight in its epilogue as the experts run it) at each token
 count M on random routing, keep the fastest, and write
 ``configs/E<E>_N<N>_K<K>_<variant>_<device>.json`` into the triton_experts package (or --out).
-Candidates depend on the rows each expert sees (M * top_k / E): small tiles with deep pipelines
-(and split-K) for decode, large tiles for prefill. ``--jobs`` compiles the candidates in parallel processes first
+Candidates depend on the rows each expert sees (M * top_k / E): one-row blocks on the CUDA cores
+and small tiles with deep pipelines (and split-K) for decode, large tiles for prefill. Both GEMMs
+of a call share one BLOCK_M (the row grouping): the pair with the lowest summed time wins. ``--jobs`` compiles the candidates in parallel processes first
 (the kernels do not specialize on the token count, so the compiled cache serves every M).
 
     python benchmarks/triton_experts/tune.py --models qwen3,deepseek --schemes fp8_block --m 1,32,2048
@@ -27,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from run import MODELS, make_weights, routing
 
-from triton_experts.tuning import CONFIG_DIR, LaunchConfig, file_name
+from triton_experts.tuning import CONFIG_DIR, LaunchConfig, file_name, nearest_tuned
 
 # bytes per element of the (A, W) tiles in shared memory: int4 weights stay packed there (8 per int32)
 BYTES = {"bf16": (2, 2), "fp8_block": (1, 1), "int4_w4a16": (2, 0.5)}
@@ -60,6 +61,11 @@ def candidates(scheme: str, rows_per_expert: int, k_granule: int, group: int) ->
             bk = 128 if not k_granule or k_granule % 128 == 0 else k_granule
             if fits_group(bk, group) and stages * (16 * bk * BYTES[scheme][0] + bk * bn * BYTES[scheme][1]) <= SMEM:
                 out.append(LaunchConfig(16, bn, bk, 1, 4, stages, SPLIT_K=split))
+    if rows_per_expert <= 2:  # one-row blocks on the CUDA cores, no alignment (an expert or two per token)
+        for bn, bk, warps, split, stages in itertools.product((16, 32, 64, 128), (64, 128), (4, 8), (1, 2, 4), (3, 4)):
+            if (k_granule and k_granule % bk) or not fits_group(bk, group) or (warps == 8 and bn < 64):
+                continue
+            out.append(LaunchConfig(1, bn, bk, 1, warps, stages, SPLIT_K=split))
     if 4 <= rows_per_expert <= 16:  # some experts span two row blocks: run those blocks together (L2)
         for bn, split, stages in itertools.product((128, 256), (1, 2, 4), (2, 3)):
             out.append(LaunchConfig(16, bn, 128, 8, 4, stages, SPLIT_K=split))
@@ -90,14 +96,14 @@ def _operands(scheme: str, rows: int, kk: int):
 def _time(ex, name, gemm, scheme, ids, k, cfg, rep):
     import triton.testing
 
-    from triton_experts.align import align_by_expert_triton
+    from triton_experts.align import rows_for_experts
     from triton_experts.kernels.launch import new_gemm_out, plan_gemm, run_gemm
 
     n, kk, w, group = gemm
     m = ids.shape[0]
     a, a_scale = _operands(scheme, m if name == "w13" else m * k, kk)
     e = w["weight"].shape[0]
-    al = align_by_expert_triton(ids, num_local_experts=e, num_experts=e, block_m=cfg.BLOCK_M)
+    al = rows_for_experts(ids, num_local_experts=e, num_experts=e, block_m=cfg.BLOCK_M)
     tw = torch.rand(m * k, device="cuda") if name == "w2" else None
     plan = plan_gemm(variant=ex.variant_name, weight=w["weight"], scale=w.get("scale"), zero=w.get("zero"),
                      bias=None, top_k=k if name == "w13" else 1, n=n, k=kk, group_k=group, config=cfg)
@@ -111,6 +117,22 @@ def _time(ex, name, gemm, scheme, ids, k, cfg, rep):
         torch.cuda.synchronize()
         return 0.0
     return triton.testing.do_bench(fn, warmup=5, rep=rep, return_mode="median")
+
+
+def _choose(timed: dict[str, dict[LaunchConfig, float]]) -> dict[str, LaunchConfig]:
+    """The fastest config per GEMM, under the experts' rule that both GEMMs of a call share one row
+    grouping (BLOCK_M; one-row blocks need no alignment): with both GEMMs timed, the BLOCK_M with the
+    lowest summed time."""
+    if set(timed) != {"w13", "w2"}:
+        return {name: min(t, key=t.get) for name, t in timed.items()}
+    best: dict[str, LaunchConfig] = {}
+    best_sum = float("inf")
+    for bm in {c.BLOCK_M for c in timed["w13"]} & {c.BLOCK_M for c in timed["w2"]}:
+        pick = {name: min((c for c in t if bm == c.BLOCK_M), key=t.get) for name, t in timed.items()}
+        total = sum(timed[name][c] for name, c in pick.items())
+        if total < best_sum:
+            best, best_sum = pick, total
+    return best
 
 
 def _compile_worker(model: str, scheme: str, work: list[tuple[str, LaunchConfig]]) -> int:
@@ -137,6 +159,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=CONFIG_DIR)
     ap.add_argument("--rep", type=int, default=25, help="do_bench repetition time per candidate, ms")
     ap.add_argument("--jobs", type=int, default=0, help="parallel compile processes (0: none)")
+    ap.add_argument("--show", type=int, default=0, help="also print the N fastest candidates of each GEMM and M")
+    ap.add_argument("--block-m", default="", help="comma list: only candidates of these BLOCK_M (the config "
+                                                   "already in the output file always competes)")
     args = ap.parse_args()
     from triton_experts.kernels._generated_moe import VARIANTS
 
@@ -151,8 +176,21 @@ def main() -> None:
             ex, gemms = _setup(model, scheme)
             meta = VARIANTS[ex.variant_name]
             only = set(args.only.split(",")) - {""}
-            plan = {(m, name): candidates(scheme, max(1, m * k // e), meta["k_granule"], gemms[name][3])
-                    for m in ms for name in gemms if not only or f"{name}:{m}" in only}
+            block_ms = {int(x) for x in args.block_m.split(",") if x}
+            plan = {}
+            for m in ms:
+                for name, (n, kk, _, group) in gemms.items():
+                    if only and f"{name}:{m}" not in only:
+                        continue
+                    cands = [c for c in candidates(scheme, max(1, m * k // e), meta["k_granule"], group)
+                             if not block_ms or c.BLOCK_M in block_ms]
+                    path = args.out / file_name(e=e, n=n, k=kk, variant=ex.variant_name, device=device)
+                    # what M runs today (its own entry or the nearest tuned one) competes: a re-tune never loses it
+                    table = {int(tm): cfg for tm, cfg in json.loads(path.read_text()).items()} if path.is_file() else {}
+                    current = LaunchConfig(**table[nearest_tuned(table, m)]) if table else None
+                    if current and current not in cands:
+                        cands.append(current)
+                    plan[(m, name)] = cands
             if args.jobs:
                 todo = sorted({(name, c) for (_, name), cs in plan.items() for c in cs}, key=str)
                 chunks = [todo[j::args.jobs] for j in range(args.jobs)]
@@ -163,22 +201,26 @@ def main() -> None:
             tables: dict[str, dict[str, dict]] = {"w13": {}, "w2": {}}
             for m in ms:
                 _, ids = routing(m, e, k, seed=m)
+                timed: dict[str, dict[LaunchConfig, float]] = {}
                 for name, gemm in gemms.items():
                     if (m, name) not in plan:
                         continue
-                    best = None
+                    timed[name] = {}
                     for cfg in plan[(m, name)]:
                         try:
-                            ms_ = _time(ex, name, gemm, scheme, ids, k, cfg, args.rep)
+                            timed[name][cfg] = _time(ex, name, gemm, scheme, ids, k, cfg, args.rep)
                         except Exception as exc:
                             print(f"  skip {cfg}: {type(exc).__name__}", flush=True)
-                            continue
-                        if best is None or ms_ < best[0]:
-                            best = (ms_, cfg)
-                    assert best is not None
-                    tables[name][str(m)] = best[1].as_dict()
-                    print(f"{model} {scheme} {name} M={m}: {best[0] * 1e3:.1f} us with {best[1]} "
-                          f"({len(plan[(m, name)])} candidates, {time.time() - t_start:.0f} s)", flush=True)
+                    assert timed[name], f"no candidate of {name} at M={m} ran"
+                for name, t in timed.items() if args.show else ():
+                    for cfg in sorted(t, key=t.get)[:args.show]:
+                        print(f"    {name} M={m} {t[cfg] * 1e3:8.1f} us  {cfg}")
+                for name, cfg in _choose(timed).items():
+                    tables[name][str(m)] = cfg.as_dict()
+                    t = timed[name][cfg] * 1e3
+                    fastest = min(timed[name].values()) * 1e3
+                    print(f"{model} {scheme} {name} M={m}: {t:.1f} us with {cfg} (fastest of any BLOCK_M {fastest:.1f} "
+                          f"us; {len(plan[(m, name)])} candidates, {time.time() - t_start:.0f} s)", flush=True)
             for name, (n, kk, _, _) in gemms.items():
                 path = args.out / file_name(e=e, n=n, k=kk, variant=ex.variant_name, device=device)
                 old = json.loads(path.read_text()) if path.is_file() else {}

@@ -1,4 +1,5 @@
-"""Group (token, slot) rows by expert for the grouped GEMM (no host synchronization): torch
+"""Group (token, slot) rows by expert for the grouped GEMM (no host synchronization), or not at
+all for one-row blocks (:func:`direct_rows`; :func:`rows_for_experts` picks by block size): torch
 (:func:`align_by_expert`, a stable sort) and one Triton launch (:func:`align_by_expert_triton`, one
 program); :func:`align_for_experts` (what the experts call) takes the Triton launch for up to
 :data:`ONE_LAUNCH_MAX_ROWS` rows (decode: one launch instead of about fifteen) and the sort above
@@ -141,6 +142,47 @@ def align_for_experts(topk_ids: torch.Tensor, *, num_local_experts: int, num_exp
                                       block_m=block_m, expert_map=expert_map)
     return align_by_expert(topk_ids, num_local_experts=num_local_experts, block_m=block_m, expert_map=expert_map,
                            num_experts=num_experts)
+
+
+@dataclass(frozen=True)
+class DirectRows:
+    """No grouping (kernels with BLOCK_M = 1): GEMM block r is (token, slot) row r of the flat
+    ``topk_ids``, and each program looks its row's expert up itself (through ``expert_map``: -1 = not
+    on this rank), skipping negative ids, ids at or past ``num_experts`` and other ranks' experts.
+    Nothing runs before the GEMMs; every launch also writes ``ids_in_range`` (int32 [1]: 1 when every
+    id is below ``num_experts``) for the device-side assertion. One token's (distinct) top-k experts
+    are each read once; at more tokens, an expert hit by several tokens is read once per row (from
+    L2 when those programs run together)."""
+
+    topk_ids: torch.Tensor
+    expert_map: torch.Tensor | None
+    num_valid: int
+    num_experts: int
+    num_local_experts: int
+    ids_in_range: torch.Tensor
+    block_m: int = 1
+
+
+def direct_rows(topk_ids: torch.Tensor, *, num_local_experts: int, num_experts: int,
+                expert_map: torch.Tensor | None = None) -> DirectRows:
+    """:class:`DirectRows` for ``topk_ids`` [M, k] (int32 or int64): no launch, one 4-byte buffer."""
+    flat = topk_ids.reshape(-1)
+    if not flat.is_contiguous():
+        flat = flat.contiguous()
+    return DirectRows(topk_ids=flat, expert_map=expert_map, num_valid=flat.numel(), num_experts=num_experts,
+                      num_local_experts=num_local_experts,
+                      ids_in_range=torch.empty(1, dtype=torch.int32, device=flat.device))
+
+
+def rows_for_experts(topk_ids: torch.Tensor, *, num_local_experts: int, num_experts: int, block_m: int,
+                     expert_map: torch.Tensor | None = None) -> Alignment | DirectRows:
+    """What the GEMMs of ``block_m``-row blocks take: :func:`direct_rows` for 1, else
+    :func:`align_for_experts`."""
+    if block_m == 1:
+        return direct_rows(topk_ids, num_local_experts=num_local_experts, num_experts=num_experts,
+                           expert_map=expert_map)
+    return align_for_experts(topk_ids, num_local_experts=num_local_experts, num_experts=num_experts,
+                             block_m=block_m, expert_map=expert_map)
 
 
 def triton_cdiv(a: int, b: int) -> int:

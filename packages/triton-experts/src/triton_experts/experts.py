@@ -1,8 +1,8 @@
 """TritonExperts: fused-MoE Triton kernels behind the moe-oracle experts contract.
 
-Flow per forward (5-6 launches, no host synchronization, per-M decisions cached): group the
-(token, slot) rows by local expert (:func:`triton_experts.align.align_for_experts`: 1 launch
-at decode sizes, a torch sort at prefill sizes), quantize the input per the scheme's activation
+Flow per forward (4-6 launches, no host synchronization, per-M decisions cached): group the
+(token, slot) rows by local expert (:func:`triton_experts.align.rows_for_experts`: 1 launch
+at decode sizes, a torch sort at prefill sizes, nothing for one-row blocks), quantize the input per the scheme's activation
 key (fused kernel; torch for keys it does not serve), GEMM1 (+bias) into ``[M * k, 2I]``, the
 activation fused with the quantization of its output, GEMM2 (+bias) with the top-k weight folded
 into its epilogue into ``[M * k, H]``, and a float32 sum over the k slots into the output dtype.
@@ -30,7 +30,7 @@ from moe_oracle.experts_base import expert_id_message
 from moe_oracle.reference.activation_quant import quantize_activation
 from quantkeys import SCHEMES, Granularity, PlatformKind, QuantDType, QuantKey
 
-from .align import align_for_experts, fused_kernels
+from .align import fused_kernels, rows_for_experts
 from .kernels.launch import GemmPlan, new_gemm_out, run_gemm
 from .layout import LAYOUT
 from .tuning import LaunchConfig, get_config
@@ -206,10 +206,8 @@ class TritonExperts(Experts):
         plan = self._plans.get((m, k, device)) or self._call_plan(m, k, device)
         self.last_configs = plan.configs
         g1p, g2p = plan.g1, plan.g2
-        alignment = align_for_experts(topk_ids, num_local_experts=cfg.num_local_experts, num_experts=cfg.num_experts,
-                                      block_m=g1p.config.BLOCK_M, expert_map=self.expert_map)
-        if device.type != "cpu":  # (the CPU raised a ValueError in validate_inputs already)
-            torch._assert_async(alignment.ids_in_range, expert_id_message(cfg.num_experts))
+        alignment = rows_for_experts(topk_ids, num_local_experts=cfg.num_local_experts, num_experts=cfg.num_experts,
+                                     block_m=g1p.config.BLOCK_M, expert_map=self.expert_map)
         # GEMM1 input
         if self.quant.a13.key is None:
             x, x_scale = hidden_states, None
@@ -226,6 +224,9 @@ class TritonExperts(Experts):
         inter = hidden_states.dtype if hidden_states.dtype in (torch.bfloat16, torch.float16) else torch.float32
         gemm1 = new_gemm_out(g1p, rows=m * k, dtype=inter, device=device, alloc=alloc)
         run_gemm(g1p, a=x, a_scale=x_scale, out=gemm1, topk_weights=None, alignment=alignment)
+        if device.type != "cpu":  # (the CPU raised a ValueError in validate_inputs already)
+            # the range flag: written by the alignment, or (direct rows) by GEMM1
+            torch._assert_async(alignment.ids_in_range, expert_id_message(cfg.num_experts))
         # activation + GEMM2 input (split-K partials summed first)
         if self._q2 is not None and self._act_code is not None:
             y, y_scale = _act_quant(gemm1, self._act_code, self._q2, out_dtype=hidden_states.dtype)

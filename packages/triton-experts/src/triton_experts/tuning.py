@@ -75,12 +75,16 @@ def heuristic(*, m: int, n: int, k: int, k_granule: int, num_experts: int, top_k
     return LaunchConfig(bm, bn, bk, gm, warps, stages)
 
 
+def nearest_tuned(table: dict[int, object], m: int) -> int:
+    """The tuned token count that serves ``m``: the nearest on a log scale, ties to the smaller."""
+    return min(table, key=lambda tm: (abs(math.log2(tm) - math.log2(max(m, 1))), tm))
+
+
 def get_config(*, m: int, n: int, k: int, variant: str, k_granule: int, num_experts: int, top_k: int,
                device: str) -> tuple[LaunchConfig, bool]:
     """``(config, tuned)``: the tuned config nearest to ``m`` if a file exists, else the heuristic."""
     table = _load(file_name(e=num_experts, n=n, k=k, variant=variant, device=device))
     if table:
-        nearest = min(table, key=lambda tm: (abs(math.log2(tm) - math.log2(max(m, 1))), tm))
-        return table[nearest], True
+        return table[nearest_tuned(table, m)], True
     return heuristic(m=m, n=n, k=k, k_granule=k_granule, num_experts=num_experts, top_k=top_k,
                      variant=variant), False

@@ -11,7 +11,10 @@ two k (low nibble = even k), either as rows ``[E, N, K/2]`` (K_TILE = 0) or as K
 ``[E, K/2/K_TILE, N, K_TILE]`` (K_TILE bytes of each row per tile: a decode step's weight tile is one
 contiguous block, which streams from HBM about 20% faster than K_TILE-byte pieces of long rows).
 Scales multiply. EVEN_K (K a multiple of BLOCK_K, required by the packed and grouped variants) drops
-the K masks.
+the K masks. BLOCK_M < 16 (decode, an expert or two per token) multiplies on the CUDA cores instead of
+tl.dot (which needs 16 rows); with BLOCK_M = 1 and DIRECT there is no alignment at all: block r is row
+r of the flat top-k ids, whose expert the program looks up itself (``expert_map`` when HAS_MAP), and
+the first program writes ``in_range`` (1 when every id is below E_GLOBAL) for the caller's assertion.
 """
 
 from __future__ import annotations
@@ -26,18 +29,53 @@ def _e8m0(byte):
 
 
 @triton.jit
-def _dot(a, b, UPCAST: tl.constexpr):
-    # The Triton CPU interpreter mis-computes bf16 dots; under TRITON_INTERPRET the launcher asks for fp32.
-    if UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32))
-    return tl.dot(a, b)
+def _fma_rows(a, w):
+    """a [BM, BK] times w [BN, BK] transposed, float32 [BM, BN], by multiply-adds in w's own layout
+    (K runs inside each thread: mostly in-thread sums, no trip through shared memory), a row at a time."""
+    w = w.to(tl.float32)
+    if a.shape[0] == 1:
+        out = tl.sum(w * tl.reshape(a.to(tl.float32), (a.shape[1],))[None, :], axis=1)[None, :]
+    else:
+        rows = tl.arange(0, a.shape[0])
+        out = tl.zeros((a.shape[0], w.shape[0]), dtype=tl.float32)
+        for r in tl.static_range(a.shape[0]):
+            a_r = tl.sum(tl.where(rows[:, None] == r, a.to(tl.float32), 0.0), axis=0)
+            out = tl.where(rows[:, None] == r, tl.sum(w * a_r[None, :], axis=1)[None, :], out)
+    return out
 
 
 @triton.jit
-def _dot_acc(a, b, acc, UPCAST: tl.constexpr):
-    if UPCAST:
-        return acc + tl.dot(a.to(tl.float32), b.to(tl.float32))
-    return tl.dot(a, b, acc)
+def _dot(a, b, UPCAST: tl.constexpr, FMA: tl.constexpr):
+    """a [BM, BK] @ b [BK, BN]. FMA (BM < 16, below tl.dot's 16 rows; decode's rows of one token):
+    float32 multiply-adds on the CUDA cores, the weight tile never leaving registers. UPCAST: the
+    Triton CPU interpreter mis-computes bf16 dots; under TRITON_INTERPRET the launcher asks for fp32."""
+    if FMA:  # (one static branch taken: the int8 variant's tl.dot returns int32)
+        out = _fma_rows(a, tl.trans(b))
+    elif UPCAST:
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32))
+    else:
+        out = tl.dot(a, b)
+    return out
+
+
+@triton.jit
+def _dot_acc(a, b, acc, UPCAST: tl.constexpr, FMA: tl.constexpr):
+    if FMA or UPCAST:
+        out = acc + _dot(a, b, UPCAST, FMA)
+    else:
+        out = tl.dot(a, b, acc)
+    return out
+
+
+@triton.jit
+def _ids_in_range(ids_ptr, in_range_ptr, num_valid, E_GLOBAL):
+    """in_range[0] = 1 when every one of the num_valid ids is below E_GLOBAL, else 0."""
+    bad = tl.zeros((256,), dtype=tl.int32)
+    for start in range(0, num_valid, 256):
+        offs = start + tl.arange(0, 256)
+        g = tl.load(ids_ptr + offs, mask=offs < num_valid, other=0)
+        bad = tl.maximum(bad, (g >= E_GLOBAL).to(tl.int32))
+    tl.store(in_range_ptr, 1 - tl.max(bad, 0))
 
 
 @triton.jit
@@ -111,13 +149,13 @@ def _e2m1(code):
     return tl.where(sign == 1, -mag, mag)
 
 
-@triton.jit(do_not_specialize=["num_valid", "num_m_blocks"])  # one compile serves every token count
+@triton.jit(do_not_specialize=["num_valid", "num_m_blocks", "E_GLOBAL", "E_LOCAL"])  # one compile, every M
 def moe_gemm_bf16(
-    # pointers
+    # pointers (DIRECT: expert_ids_ptr = the flat top-k ids, sorted_ids_ptr / num_post_padded_ptr unused)
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
-    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr,
+    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr, in_range_ptr,
     # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
-    N, K, num_valid, num_m_blocks,
+    N, K, num_valid, num_m_blocks, E_GLOBAL, E_LOCAL,
     # strides
     stride_am, stride_ak, stride_asm, stride_ask,
     stride_be, stride_bt, stride_bn, stride_bk,
@@ -138,13 +176,20 @@ def moe_gemm_bf16(
     GROUP_M: tl.constexpr,
     K_TILE: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    DIRECT: tl.constexpr,
+    HAS_MAP: tl.constexpr,
+    LOOP_STAGES: tl.constexpr,  # FMA: num_stages (its loads pipeline only when asked); dots: None (Triton's own)
 ):
     """Variant ``bf16``: A bf16, W dense (16-bit)."""
     # -- which tile ----------------------------------------------------------------------------
     pid = tl.program_id(0)
     split = pid % SPLIT_K  # split-K: this program's share of the K steps, its partial at c + split * stride_cs
     pid = pid // SPLIT_K
-    num_post_padded = tl.load(num_post_padded_ptr)
+    FMA: tl.constexpr = BLOCK_M < 16  # fewer rows than tl.dot takes: CUDA-core multiply-adds (see _dot)
+    tl.static_assert(BLOCK_M == 1 or not DIRECT, "direct rows are one-row blocks")
+    if DIRECT:  # noqa: SIM102  (BLOCK_M = 1) the first program also reports whether every id is < E_GLOBAL
+        if pid == 0 and split == 0:
+            _ids_in_range(expert_ids_ptr, in_range_ptr, num_valid, E_GLOBAL)
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
@@ -152,12 +197,26 @@ def moe_gemm_bf16(
     size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
     pid_m = first_m + ((pid % (GROUP_M * num_pid_n)) % size_m)
     pid_n = (pid % (GROUP_M * num_pid_n)) // size_m
-    if pid_m * BLOCK_M >= num_post_padded:
-        return
-    offs_row = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rows = tl.load(sorted_ids_ptr + offs_row).to(tl.int64)
-    row_mask = rows < num_valid
-    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    if DIRECT:
+        # no alignment: block pid_m is (token, slot) row pid_m; its expert looked up here (other ranks'
+        # experts, padding ids < 0 and ids past E_GLOBAL, which the range flag reports, are skipped)
+        rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
+        row_mask = rows < num_valid
+        gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+        if (gid < 0) | (gid >= E_GLOBAL):
+            return
+        if HAS_MAP:
+            expert = tl.load(emap_ptr + gid).to(tl.int64)
+        else:
+            expert = tl.where(gid < E_LOCAL, gid, -1)
+    else:
+        num_post_padded = tl.load(num_post_padded_ptr)
+        if pid_m * BLOCK_M >= num_post_padded:
+            return
+        offs_row = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rows = tl.load(sorted_ids_ptr + offs_row).to(tl.int64)
+        row_mask = rows < num_valid
+        expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
     if expert < 0:
         return
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -172,7 +231,7 @@ def moe_gemm_bf16(
         k_per_split = tl.cdiv(k_steps, SPLIT_K)
         k_first = split * k_per_split
         k_steps = tl.minimum(k_first + k_per_split, k_steps)
-    for k0 in range(k_first, k_steps):
+    for k0 in tl.range(k_first, k_steps, num_stages=LOOP_STAGES):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
         if EVEN_K:
             a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
@@ -186,7 +245,7 @@ def moe_gemm_bf16(
         else:
             b = tl.load(b_base + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk,
                         mask=(offs_k[:, None] < K) & n_mask[None, :], other=0.0)
-        acc = _dot_acc(a, b, acc, DOT_UPCAST)
+        acc = _dot_acc(a, b, acc, DOT_UPCAST, FMA)
     # -- epilogue ------------------------------------------------------------------------------
     if HAS_BIAS:  # once: in split 0's partial
         bias = tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)
@@ -197,13 +256,13 @@ def moe_gemm_bf16(
              acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
 
-@triton.jit(do_not_specialize=["num_valid", "num_m_blocks"])  # one compile serves every token count
+@triton.jit(do_not_specialize=["num_valid", "num_m_blocks", "E_GLOBAL", "E_LOCAL"])  # one compile, every M
 def moe_gemm_fp8_tensor(
-    # pointers
+    # pointers (DIRECT: expert_ids_ptr = the flat top-k ids, sorted_ids_ptr / num_post_padded_ptr unused)
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
-    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr,
+    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr, in_range_ptr,
     # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
-    N, K, num_valid, num_m_blocks,
+    N, K, num_valid, num_m_blocks, E_GLOBAL, E_LOCAL,
     # strides
     stride_am, stride_ak, stride_asm, stride_ask,
     stride_be, stride_bt, stride_bn, stride_bk,
@@ -224,13 +283,20 @@ def moe_gemm_fp8_tensor(
     GROUP_M: tl.constexpr,
     K_TILE: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    DIRECT: tl.constexpr,
+    HAS_MAP: tl.constexpr,
+    LOOP_STAGES: tl.constexpr,  # FMA: num_stages (its loads pipeline only when asked); dots: None (Triton's own)
 ):
     """Variant ``fp8_tensor``: A fp8_tensor, W fp8_tensor (8-bit)."""
     # -- which tile ----------------------------------------------------------------------------
     pid = tl.program_id(0)
     split = pid % SPLIT_K  # split-K: this program's share of the K steps, its partial at c + split * stride_cs
     pid = pid // SPLIT_K
-    num_post_padded = tl.load(num_post_padded_ptr)
+    FMA: tl.constexpr = BLOCK_M < 16  # fewer rows than tl.dot takes: CUDA-core multiply-adds (see _dot)
+    tl.static_assert(BLOCK_M == 1 or not DIRECT, "direct rows are one-row blocks")
+    if DIRECT:  # noqa: SIM102  (BLOCK_M = 1) the first program also reports whether every id is < E_GLOBAL
+        if pid == 0 and split == 0:
+            _ids_in_range(expert_ids_ptr, in_range_ptr, num_valid, E_GLOBAL)
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
@@ -238,12 +304,26 @@ def moe_gemm_fp8_tensor(
     size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
     pid_m = first_m + ((pid % (GROUP_M * num_pid_n)) % size_m)
     pid_n = (pid % (GROUP_M * num_pid_n)) // size_m
-    if pid_m * BLOCK_M >= num_post_padded:
-        return
-    offs_row = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rows = tl.load(sorted_ids_ptr + offs_row).to(tl.int64)
-    row_mask = rows < num_valid
-    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    if DIRECT:
+        # no alignment: block pid_m is (token, slot) row pid_m; its expert looked up here (other ranks'
+        # experts, padding ids < 0 and ids past E_GLOBAL, which the range flag reports, are skipped)
+        rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
+        row_mask = rows < num_valid
+        gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+        if (gid < 0) | (gid >= E_GLOBAL):
+            return
+        if HAS_MAP:
+            expert = tl.load(emap_ptr + gid).to(tl.int64)
+        else:
+            expert = tl.where(gid < E_LOCAL, gid, -1)
+    else:
+        num_post_padded = tl.load(num_post_padded_ptr)
+        if pid_m * BLOCK_M >= num_post_padded:
+            return
+        offs_row = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rows = tl.load(sorted_ids_ptr + offs_row).to(tl.int64)
+        row_mask = rows < num_valid
+        expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
     if expert < 0:
         return
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -258,7 +338,7 @@ def moe_gemm_fp8_tensor(
         k_per_split = tl.cdiv(k_steps, SPLIT_K)
         k_first = split * k_per_split
         k_steps = tl.minimum(k_first + k_per_split, k_steps)
-    for k0 in range(k_first, k_steps):
+    for k0 in tl.range(k_first, k_steps, num_stages=LOOP_STAGES):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
         if EVEN_K:
             a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
@@ -272,7 +352,7 @@ def moe_gemm_fp8_tensor(
         else:
             b = tl.load(b_base + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk,
                         mask=(offs_k[:, None] < K) & n_mask[None, :], other=0.0)
-        acc += tl.dot(a, b)
+        acc += _dot(a, b, False, FMA)
     # -- epilogue ------------------------------------------------------------------------------
     acc *= tl.load(a_scale_ptr) * tl.load(b_scale_ptr + expert * stride_bse)
     if HAS_BIAS:  # once: in split 0's partial
@@ -284,13 +364,13 @@ def moe_gemm_fp8_tensor(
              acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
 
-@triton.jit(do_not_specialize=["num_valid", "num_m_blocks"])  # one compile serves every token count
+@triton.jit(do_not_specialize=["num_valid", "num_m_blocks", "E_GLOBAL", "E_LOCAL"])  # one compile, every M
 def moe_gemm_fp8_channel(
-    # pointers
+    # pointers (DIRECT: expert_ids_ptr = the flat top-k ids, sorted_ids_ptr / num_post_padded_ptr unused)
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
-    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr,
+    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr, in_range_ptr,
     # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
-    N, K, num_valid, num_m_blocks,
+    N, K, num_valid, num_m_blocks, E_GLOBAL, E_LOCAL,
     # strides
     stride_am, stride_ak, stride_asm, stride_ask,
     stride_be, stride_bt, stride_bn, stride_bk,
@@ -311,13 +391,20 @@ def moe_gemm_fp8_channel(
     GROUP_M: tl.constexpr,
     K_TILE: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    DIRECT: tl.constexpr,
+    HAS_MAP: tl.constexpr,
+    LOOP_STAGES: tl.constexpr,  # FMA: num_stages (its loads pipeline only when asked); dots: None (Triton's own)
 ):
     """Variant ``fp8_channel``: A fp8_token, W fp8_channel (8-bit)."""
     # -- which tile ----------------------------------------------------------------------------
     pid = tl.program_id(0)
     split = pid % SPLIT_K  # split-K: this program's share of the K steps, its partial at c + split * stride_cs
     pid = pid // SPLIT_K
-    num_post_padded = tl.load(num_post_padded_ptr)
+    FMA: tl.constexpr = BLOCK_M < 16  # fewer rows than tl.dot takes: CUDA-core multiply-adds (see _dot)
+    tl.static_assert(BLOCK_M == 1 or not DIRECT, "direct rows are one-row blocks")
+    if DIRECT:  # noqa: SIM102  (BLOCK_M = 1) the first program also reports whether every id is < E_GLOBAL
+        if pid == 0 and split == 0:
+            _ids_in_range(expert_ids_ptr, in_range_ptr, num_valid, E_GLOBAL)
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
@@ -325,12 +412,26 @@ def moe_gemm_fp8_channel(
     size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
     pid_m = first_m + ((pid % (GROUP_M * num_pid_n)) % size_m)
     pid_n = (pid % (GROUP_M * num_pid_n)) // size_m
-    if pid_m * BLOCK_M >= num_post_padded:
-        return
-    offs_row = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rows = tl.load(sorted_ids_ptr + offs_row).to(tl.int64)
-    row_mask = rows < num_valid
-    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    if DIRECT:
+        # no alignment: block pid_m is (token, slot) row pid_m; its expert looked up here (other ranks'
+        # experts, padding ids < 0 and ids past E_GLOBAL, which the range flag reports, are skipped)
+        rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
+        row_mask = rows < num_valid
+        gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+        if (gid < 0) | (gid >= E_GLOBAL):
+            return
+        if HAS_MAP:
+            expert = tl.load(emap_ptr + gid).to(tl.int64)
+        else:
+            expert = tl.where(gid < E_LOCAL, gid, -1)
+    else:
+        num_post_padded = tl.load(num_post_padded_ptr)
+        if pid_m * BLOCK_M >= num_post_padded:
+            return
+        offs_row = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rows = tl.load(sorted_ids_ptr + offs_row).to(tl.int64)
+        row_mask = rows < num_valid
+        expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
     if expert < 0:
         return
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -345,7 +446,7 @@ def moe_gemm_fp8_channel(
         k_per_split = tl.cdiv(k_steps, SPLIT_K)
         k_first = split * k_per_split
         k_steps = tl.minimum(k_first + k_per_split, k_steps)
-    for k0 in range(k_first, k_steps):
+    for k0 in tl.range(k_first, k_steps, num_stages=LOOP_STAGES):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
         if EVEN_K:
             a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
@@ -359,7 +460,7 @@ def moe_gemm_fp8_channel(
         else:
             b = tl.load(b_base + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk,
                         mask=(offs_k[:, None] < K) & n_mask[None, :], other=0.0)
-        acc += tl.dot(a, b)
+        acc += _dot(a, b, False, FMA)
     # -- epilogue ------------------------------------------------------------------------------
     a_s = tl.load(a_scale_ptr + a_rows * stride_asm, mask=row_mask, other=0.0)
     b_s = tl.load(b_scale_ptr + expert * stride_bse + offs_n * stride_bsn, mask=n_mask, other=0.0)
@@ -373,13 +474,13 @@ def moe_gemm_fp8_channel(
              acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
 
-@triton.jit(do_not_specialize=["num_valid", "num_m_blocks"])  # one compile serves every token count
+@triton.jit(do_not_specialize=["num_valid", "num_m_blocks", "E_GLOBAL", "E_LOCAL"])  # one compile, every M
 def moe_gemm_fp8_block(
-    # pointers
+    # pointers (DIRECT: expert_ids_ptr = the flat top-k ids, sorted_ids_ptr / num_post_padded_ptr unused)
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
-    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr,
+    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr, in_range_ptr,
     # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
-    N, K, num_valid, num_m_blocks,
+    N, K, num_valid, num_m_blocks, E_GLOBAL, E_LOCAL,
     # strides
     stride_am, stride_ak, stride_asm, stride_ask,
     stride_be, stride_bt, stride_bn, stride_bk,
@@ -400,13 +501,20 @@ def moe_gemm_fp8_block(
     GROUP_M: tl.constexpr,
     K_TILE: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    DIRECT: tl.constexpr,
+    HAS_MAP: tl.constexpr,
+    LOOP_STAGES: tl.constexpr,  # FMA: num_stages (its loads pipeline only when asked); dots: None (Triton's own)
 ):
     """Variant ``fp8_block``: A fp8_group, W fp8_block (8-bit)."""
     # -- which tile ----------------------------------------------------------------------------
     pid = tl.program_id(0)
     split = pid % SPLIT_K  # split-K: this program's share of the K steps, its partial at c + split * stride_cs
     pid = pid // SPLIT_K
-    num_post_padded = tl.load(num_post_padded_ptr)
+    FMA: tl.constexpr = BLOCK_M < 16  # fewer rows than tl.dot takes: CUDA-core multiply-adds (see _dot)
+    tl.static_assert(BLOCK_M == 1 or not DIRECT, "direct rows are one-row blocks")
+    if DIRECT:  # noqa: SIM102  (BLOCK_M = 1) the first program also reports whether every id is < E_GLOBAL
+        if pid == 0 and split == 0:
+            _ids_in_range(expert_ids_ptr, in_range_ptr, num_valid, E_GLOBAL)
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
@@ -414,12 +522,26 @@ def moe_gemm_fp8_block(
     size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
     pid_m = first_m + ((pid % (GROUP_M * num_pid_n)) % size_m)
     pid_n = (pid % (GROUP_M * num_pid_n)) // size_m
-    if pid_m * BLOCK_M >= num_post_padded:
-        return
-    offs_row = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rows = tl.load(sorted_ids_ptr + offs_row).to(tl.int64)
-    row_mask = rows < num_valid
-    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    if DIRECT:
+        # no alignment: block pid_m is (token, slot) row pid_m; its expert looked up here (other ranks'
+        # experts, padding ids < 0 and ids past E_GLOBAL, which the range flag reports, are skipped)
+        rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
+        row_mask = rows < num_valid
+        gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+        if (gid < 0) | (gid >= E_GLOBAL):
+            return
+        if HAS_MAP:
+            expert = tl.load(emap_ptr + gid).to(tl.int64)
+        else:
+            expert = tl.where(gid < E_LOCAL, gid, -1)
+    else:
+        num_post_padded = tl.load(num_post_padded_ptr)
+        if pid_m * BLOCK_M >= num_post_padded:
+            return
+        offs_row = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rows = tl.load(sorted_ids_ptr + offs_row).to(tl.int64)
+        row_mask = rows < num_valid
+        expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
     if expert < 0:
         return
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -434,7 +556,7 @@ def moe_gemm_fp8_block(
         k_per_split = tl.cdiv(k_steps, SPLIT_K)
         k_first = split * k_per_split
         k_steps = tl.minimum(k_first + k_per_split, k_steps)
-    for k0 in range(k_first, k_steps):
+    for k0 in tl.range(k_first, k_steps, num_stages=LOOP_STAGES):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
         if EVEN_K:
             a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
@@ -451,7 +573,7 @@ def moe_gemm_fp8_block(
         a_s = tl.load(a_scale_ptr + a_rows * stride_asm + (k0 * BLOCK_K // 128) * stride_ask, mask=row_mask, other=0.0)
         b_s = tl.load(b_scale_ptr + expert * stride_bse + (offs_n // 128) * stride_bsn + (k0 * BLOCK_K // 128) * stride_bsk,
                       mask=n_mask, other=0.0)
-        acc += tl.dot(a, b) * a_s[:, None] * b_s[None, :]
+        acc += _dot(a, b, False, FMA) * a_s[:, None] * b_s[None, :]
     # -- epilogue ------------------------------------------------------------------------------
     if HAS_BIAS:  # once: in split 0's partial
         bias = tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)
@@ -462,13 +584,13 @@ def moe_gemm_fp8_block(
              acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
 
-@triton.jit(do_not_specialize=["num_valid", "num_m_blocks"])  # one compile serves every token count
+@triton.jit(do_not_specialize=["num_valid", "num_m_blocks", "E_GLOBAL", "E_LOCAL"])  # one compile, every M
 def moe_gemm_int8_w8a8(
-    # pointers
+    # pointers (DIRECT: expert_ids_ptr = the flat top-k ids, sorted_ids_ptr / num_post_padded_ptr unused)
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
-    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr,
+    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr, in_range_ptr,
     # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
-    N, K, num_valid, num_m_blocks,
+    N, K, num_valid, num_m_blocks, E_GLOBAL, E_LOCAL,
     # strides
     stride_am, stride_ak, stride_asm, stride_ask,
     stride_be, stride_bt, stride_bn, stride_bk,
@@ -489,13 +611,20 @@ def moe_gemm_int8_w8a8(
     GROUP_M: tl.constexpr,
     K_TILE: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    DIRECT: tl.constexpr,
+    HAS_MAP: tl.constexpr,
+    LOOP_STAGES: tl.constexpr,  # FMA: num_stages (its loads pipeline only when asked); dots: None (Triton's own)
 ):
     """Variant ``int8_w8a8``: A int8_token, W int8_channel (8-bit)."""
     # -- which tile ----------------------------------------------------------------------------
     pid = tl.program_id(0)
     split = pid % SPLIT_K  # split-K: this program's share of the K steps, its partial at c + split * stride_cs
     pid = pid // SPLIT_K
-    num_post_padded = tl.load(num_post_padded_ptr)
+    FMA: tl.constexpr = BLOCK_M < 16  # fewer rows than tl.dot takes: CUDA-core multiply-adds (see _dot)
+    tl.static_assert(BLOCK_M == 1 or not DIRECT, "direct rows are one-row blocks")
+    if DIRECT:  # noqa: SIM102  (BLOCK_M = 1) the first program also reports whether every id is < E_GLOBAL
+        if pid == 0 and split == 0:
+            _ids_in_range(expert_ids_ptr, in_range_ptr, num_valid, E_GLOBAL)
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
@@ -503,12 +632,26 @@ def moe_gemm_int8_w8a8(
     size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
     pid_m = first_m + ((pid % (GROUP_M * num_pid_n)) % size_m)
     pid_n = (pid % (GROUP_M * num_pid_n)) // size_m
-    if pid_m * BLOCK_M >= num_post_padded:
-        return
-    offs_row = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rows = tl.load(sorted_ids_ptr + offs_row).to(tl.int64)
-    row_mask = rows < num_valid
-    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    if DIRECT:
+        # no alignment: block pid_m is (token, slot) row pid_m; its expert looked up here (other ranks'
+        # experts, padding ids < 0 and ids past E_GLOBAL, which the range flag reports, are skipped)
+        rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
+        row_mask = rows < num_valid
+        gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+        if (gid < 0) | (gid >= E_GLOBAL):
+            return
+        if HAS_MAP:
+            expert = tl.load(emap_ptr + gid).to(tl.int64)
+        else:
+            expert = tl.where(gid < E_LOCAL, gid, -1)
+    else:
+        num_post_padded = tl.load(num_post_padded_ptr)
+        if pid_m * BLOCK_M >= num_post_padded:
+            return
+        offs_row = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rows = tl.load(sorted_ids_ptr + offs_row).to(tl.int64)
+        row_mask = rows < num_valid
+        expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
     if expert < 0:
         return
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -523,7 +666,7 @@ def moe_gemm_int8_w8a8(
         k_per_split = tl.cdiv(k_steps, SPLIT_K)
         k_first = split * k_per_split
         k_steps = tl.minimum(k_first + k_per_split, k_steps)
-    for k0 in range(k_first, k_steps):
+    for k0 in tl.range(k_first, k_steps, num_stages=LOOP_STAGES):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
         if EVEN_K:
             a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
@@ -537,7 +680,7 @@ def moe_gemm_int8_w8a8(
         else:
             b = tl.load(b_base + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk,
                         mask=(offs_k[:, None] < K) & n_mask[None, :], other=0)
-        acc += tl.dot(a, b).to(tl.float32)
+        acc += _dot(a, b, False, FMA).to(tl.float32)
     # -- epilogue ------------------------------------------------------------------------------
     a_s = tl.load(a_scale_ptr + a_rows * stride_asm, mask=row_mask, other=0.0)
     b_s = tl.load(b_scale_ptr + expert * stride_bse + offs_n * stride_bsn, mask=n_mask, other=0.0)
@@ -551,13 +694,13 @@ def moe_gemm_int8_w8a8(
              acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
 
-@triton.jit(do_not_specialize=["num_valid", "num_m_blocks"])  # one compile serves every token count
+@triton.jit(do_not_specialize=["num_valid", "num_m_blocks", "E_GLOBAL", "E_LOCAL"])  # one compile, every M
 def moe_gemm_int4_w4a16(
-    # pointers
+    # pointers (DIRECT: expert_ids_ptr = the flat top-k ids, sorted_ids_ptr / num_post_padded_ptr unused)
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
-    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr,
+    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr, in_range_ptr,
     # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
-    N, K, num_valid, num_m_blocks,
+    N, K, num_valid, num_m_blocks, E_GLOBAL, E_LOCAL,
     # strides
     stride_am, stride_ak, stride_asm, stride_ask,
     stride_be, stride_bt, stride_bn, stride_bk,
@@ -578,13 +721,20 @@ def moe_gemm_int4_w4a16(
     GROUP_M: tl.constexpr,
     K_TILE: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    DIRECT: tl.constexpr,
+    HAS_MAP: tl.constexpr,
+    LOOP_STAGES: tl.constexpr,  # FMA: num_stages (its loads pipeline only when asked); dots: None (Triton's own)
 ):
     """Variant ``int4_w4a16``: A bf16, W int_group (4-bit)."""
     # -- which tile ----------------------------------------------------------------------------
     pid = tl.program_id(0)
     split = pid % SPLIT_K  # split-K: this program's share of the K steps, its partial at c + split * stride_cs
     pid = pid // SPLIT_K
-    num_post_padded = tl.load(num_post_padded_ptr)
+    FMA: tl.constexpr = BLOCK_M < 16  # fewer rows than tl.dot takes: CUDA-core multiply-adds (see _dot)
+    tl.static_assert(BLOCK_M == 1 or not DIRECT, "direct rows are one-row blocks")
+    if DIRECT:  # noqa: SIM102  (BLOCK_M = 1) the first program also reports whether every id is < E_GLOBAL
+        if pid == 0 and split == 0:
+            _ids_in_range(expert_ids_ptr, in_range_ptr, num_valid, E_GLOBAL)
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
@@ -592,12 +742,26 @@ def moe_gemm_int4_w4a16(
     size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
     pid_m = first_m + ((pid % (GROUP_M * num_pid_n)) % size_m)
     pid_n = (pid % (GROUP_M * num_pid_n)) // size_m
-    if pid_m * BLOCK_M >= num_post_padded:
-        return
-    offs_row = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rows = tl.load(sorted_ids_ptr + offs_row).to(tl.int64)
-    row_mask = rows < num_valid
-    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    if DIRECT:
+        # no alignment: block pid_m is (token, slot) row pid_m; its expert looked up here (other ranks'
+        # experts, padding ids < 0 and ids past E_GLOBAL, which the range flag reports, are skipped)
+        rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
+        row_mask = rows < num_valid
+        gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+        if (gid < 0) | (gid >= E_GLOBAL):
+            return
+        if HAS_MAP:
+            expert = tl.load(emap_ptr + gid).to(tl.int64)
+        else:
+            expert = tl.where(gid < E_LOCAL, gid, -1)
+    else:
+        num_post_padded = tl.load(num_post_padded_ptr)
+        if pid_m * BLOCK_M >= num_post_padded:
+            return
+        offs_row = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rows = tl.load(sorted_ids_ptr + offs_row).to(tl.int64)
+        row_mask = rows < num_valid
+        expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
     if expert < 0:
         return
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -613,7 +777,7 @@ def moe_gemm_int4_w4a16(
         k_per_split = tl.cdiv(k_steps, SPLIT_K)
         k_first = split * k_per_split
         k_steps = tl.minimum(k_first + k_per_split, k_steps)
-    for k0 in range(k_first, k_steps):
+    for k0 in tl.range(k_first, k_steps, num_stages=LOOP_STAGES):
         if BLOCK_K <= GROUP_K and BLOCK_M <= 16:
             # codes path (decode tiles of one quantization group): the even-k and odd-k halves of the
             # A tile meet the low and high nibbles of the packed tile (no interleave); the dots run on
@@ -633,8 +797,8 @@ def moe_gemm_int4_w4a16(
             zero = tl.load(b_zero_ptr + expert * stride_bse + offs_n * stride_bsn + group_idx * stride_bsk,
                            mask=n_mask, other=0).to(tl.float32)
             lo, hi = _nibble_values(packed, a_even.dtype, PTX)
-            part = _dot(a_even, tl.trans(lo), DOT_UPCAST)
-            part = _dot_acc(a_odd, tl.trans(hi), part, DOT_UPCAST)
+            part = _dot(a_even, tl.trans(lo), DOT_UPCAST, FMA)
+            part = _dot_acc(a_odd, tl.trans(hi), part, DOT_UPCAST, FMA)
             a_sum = tl.sum(a_even.to(tl.float32), axis=1) + tl.sum(a_odd.to(tl.float32), axis=1)
             acc += (part - a_sum[:, None] * (zero + _nibble_offset(a_even.dtype))[None, :]) * scale[None, :]
         else:
@@ -655,7 +819,7 @@ def moe_gemm_int4_w4a16(
             zero = tl.load(b_zero_ptr + sz_offs, mask=n_mask[:, None], other=0).to(tl.float32)
             w3 = magic.reshape(BLOCK_N, NG, GW)
             w = ((w3 - (zero + 8388608.0)[:, :, None]) * scale[:, :, None]).reshape(BLOCK_N, BLOCK_K).to(a.dtype)
-            acc = _dot_acc(a, tl.trans(w), acc, DOT_UPCAST)
+            acc = _dot_acc(a, tl.trans(w), acc, DOT_UPCAST, FMA)
     # -- epilogue ------------------------------------------------------------------------------
     if HAS_BIAS:  # once: in split 0's partial
         bias = tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)
@@ -666,13 +830,13 @@ def moe_gemm_int4_w4a16(
              acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
 
-@triton.jit(do_not_specialize=["num_valid", "num_m_blocks"])  # one compile serves every token count
+@triton.jit(do_not_specialize=["num_valid", "num_m_blocks", "E_GLOBAL", "E_LOCAL"])  # one compile, every M
 def moe_gemm_int8_w8a16(
-    # pointers
+    # pointers (DIRECT: expert_ids_ptr = the flat top-k ids, sorted_ids_ptr / num_post_padded_ptr unused)
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
-    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr,
+    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr, in_range_ptr,
     # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
-    N, K, num_valid, num_m_blocks,
+    N, K, num_valid, num_m_blocks, E_GLOBAL, E_LOCAL,
     # strides
     stride_am, stride_ak, stride_asm, stride_ask,
     stride_be, stride_bt, stride_bn, stride_bk,
@@ -693,13 +857,20 @@ def moe_gemm_int8_w8a16(
     GROUP_M: tl.constexpr,
     K_TILE: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    DIRECT: tl.constexpr,
+    HAS_MAP: tl.constexpr,
+    LOOP_STAGES: tl.constexpr,  # FMA: num_stages (its loads pipeline only when asked); dots: None (Triton's own)
 ):
     """Variant ``int8_w8a16``: A bf16, W int_group (8-bit)."""
     # -- which tile ----------------------------------------------------------------------------
     pid = tl.program_id(0)
     split = pid % SPLIT_K  # split-K: this program's share of the K steps, its partial at c + split * stride_cs
     pid = pid // SPLIT_K
-    num_post_padded = tl.load(num_post_padded_ptr)
+    FMA: tl.constexpr = BLOCK_M < 16  # fewer rows than tl.dot takes: CUDA-core multiply-adds (see _dot)
+    tl.static_assert(BLOCK_M == 1 or not DIRECT, "direct rows are one-row blocks")
+    if DIRECT:  # noqa: SIM102  (BLOCK_M = 1) the first program also reports whether every id is < E_GLOBAL
+        if pid == 0 and split == 0:
+            _ids_in_range(expert_ids_ptr, in_range_ptr, num_valid, E_GLOBAL)
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
@@ -707,12 +878,26 @@ def moe_gemm_int8_w8a16(
     size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
     pid_m = first_m + ((pid % (GROUP_M * num_pid_n)) % size_m)
     pid_n = (pid % (GROUP_M * num_pid_n)) // size_m
-    if pid_m * BLOCK_M >= num_post_padded:
-        return
-    offs_row = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rows = tl.load(sorted_ids_ptr + offs_row).to(tl.int64)
-    row_mask = rows < num_valid
-    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    if DIRECT:
+        # no alignment: block pid_m is (token, slot) row pid_m; its expert looked up here (other ranks'
+        # experts, padding ids < 0 and ids past E_GLOBAL, which the range flag reports, are skipped)
+        rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
+        row_mask = rows < num_valid
+        gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+        if (gid < 0) | (gid >= E_GLOBAL):
+            return
+        if HAS_MAP:
+            expert = tl.load(emap_ptr + gid).to(tl.int64)
+        else:
+            expert = tl.where(gid < E_LOCAL, gid, -1)
+    else:
+        num_post_padded = tl.load(num_post_padded_ptr)
+        if pid_m * BLOCK_M >= num_post_padded:
+            return
+        offs_row = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rows = tl.load(sorted_ids_ptr + offs_row).to(tl.int64)
+        row_mask = rows < num_valid
+        expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
     if expert < 0:
         return
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -727,7 +912,7 @@ def moe_gemm_int8_w8a16(
         k_per_split = tl.cdiv(k_steps, SPLIT_K)
         k_first = split * k_per_split
         k_steps = tl.minimum(k_first + k_per_split, k_steps)
-    for k0 in range(k_first, k_steps):
+    for k0 in tl.range(k_first, k_steps, num_stages=LOOP_STAGES):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
         if EVEN_K:
             a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
@@ -748,7 +933,7 @@ def moe_gemm_int8_w8a16(
         zero = tl.load(b_zero_ptr + sz_offs, mask=n_mask[:, None], other=0).to(tl.float32)
         w3 = magic.reshape(BLOCK_N, NG, GW)
         w = ((w3 - (zero + 8388608.0)[:, :, None]) * scale[:, :, None]).reshape(BLOCK_N, BLOCK_K).to(a.dtype)
-        acc = _dot_acc(a, tl.trans(w), acc, DOT_UPCAST)
+        acc = _dot_acc(a, tl.trans(w), acc, DOT_UPCAST, FMA)
     # -- epilogue ------------------------------------------------------------------------------
     if HAS_BIAS:  # once: in split 0's partial
         bias = tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)
@@ -759,13 +944,13 @@ def moe_gemm_int8_w8a16(
              acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
 
-@triton.jit(do_not_specialize=["num_valid", "num_m_blocks"])  # one compile serves every token count
+@triton.jit(do_not_specialize=["num_valid", "num_m_blocks", "E_GLOBAL", "E_LOCAL"])  # one compile, every M
 def moe_gemm_mxfp8(
-    # pointers
+    # pointers (DIRECT: expert_ids_ptr = the flat top-k ids, sorted_ids_ptr / num_post_padded_ptr unused)
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
-    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr,
+    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr, in_range_ptr,
     # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
-    N, K, num_valid, num_m_blocks,
+    N, K, num_valid, num_m_blocks, E_GLOBAL, E_LOCAL,
     # strides
     stride_am, stride_ak, stride_asm, stride_ask,
     stride_be, stride_bt, stride_bn, stride_bk,
@@ -786,13 +971,20 @@ def moe_gemm_mxfp8(
     GROUP_M: tl.constexpr,
     K_TILE: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    DIRECT: tl.constexpr,
+    HAS_MAP: tl.constexpr,
+    LOOP_STAGES: tl.constexpr,  # FMA: num_stages (its loads pipeline only when asked); dots: None (Triton's own)
 ):
     """Variant ``mxfp8``: A mx, W mxfp8 (8-bit)."""
     # -- which tile ----------------------------------------------------------------------------
     pid = tl.program_id(0)
     split = pid % SPLIT_K  # split-K: this program's share of the K steps, its partial at c + split * stride_cs
     pid = pid // SPLIT_K
-    num_post_padded = tl.load(num_post_padded_ptr)
+    FMA: tl.constexpr = BLOCK_M < 16  # fewer rows than tl.dot takes: CUDA-core multiply-adds (see _dot)
+    tl.static_assert(BLOCK_M == 1 or not DIRECT, "direct rows are one-row blocks")
+    if DIRECT:  # noqa: SIM102  (BLOCK_M = 1) the first program also reports whether every id is < E_GLOBAL
+        if pid == 0 and split == 0:
+            _ids_in_range(expert_ids_ptr, in_range_ptr, num_valid, E_GLOBAL)
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
@@ -800,12 +992,26 @@ def moe_gemm_mxfp8(
     size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
     pid_m = first_m + ((pid % (GROUP_M * num_pid_n)) % size_m)
     pid_n = (pid % (GROUP_M * num_pid_n)) // size_m
-    if pid_m * BLOCK_M >= num_post_padded:
-        return
-    offs_row = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rows = tl.load(sorted_ids_ptr + offs_row).to(tl.int64)
-    row_mask = rows < num_valid
-    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    if DIRECT:
+        # no alignment: block pid_m is (token, slot) row pid_m; its expert looked up here (other ranks'
+        # experts, padding ids < 0 and ids past E_GLOBAL, which the range flag reports, are skipped)
+        rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
+        row_mask = rows < num_valid
+        gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+        if (gid < 0) | (gid >= E_GLOBAL):
+            return
+        if HAS_MAP:
+            expert = tl.load(emap_ptr + gid).to(tl.int64)
+        else:
+            expert = tl.where(gid < E_LOCAL, gid, -1)
+    else:
+        num_post_padded = tl.load(num_post_padded_ptr)
+        if pid_m * BLOCK_M >= num_post_padded:
+            return
+        offs_row = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rows = tl.load(sorted_ids_ptr + offs_row).to(tl.int64)
+        row_mask = rows < num_valid
+        expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
     if expert < 0:
         return
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -820,7 +1026,7 @@ def moe_gemm_mxfp8(
         k_per_split = tl.cdiv(k_steps, SPLIT_K)
         k_first = split * k_per_split
         k_steps = tl.minimum(k_first + k_per_split, k_steps)
-    for k0 in range(k_first, k_steps):
+    for k0 in tl.range(k_first, k_steps, num_stages=LOOP_STAGES):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
         if EVEN_K:
             a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
@@ -838,7 +1044,7 @@ def moe_gemm_mxfp8(
                             other=127))
         b_s = _e8m0(tl.load(b_scale_ptr + expert * stride_bse + offs_n * stride_bsn + (k0 * BLOCK_K // 32) * stride_bsk,
                             mask=n_mask, other=127))
-        acc += tl.dot(a, b) * a_s[:, None] * b_s[None, :]
+        acc += _dot(a, b, False, FMA) * a_s[:, None] * b_s[None, :]
     # -- epilogue ------------------------------------------------------------------------------
     if HAS_BIAS:  # once: in split 0's partial
         bias = tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)
@@ -849,13 +1055,13 @@ def moe_gemm_mxfp8(
              acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
 
-@triton.jit(do_not_specialize=["num_valid", "num_m_blocks"])  # one compile serves every token count
+@triton.jit(do_not_specialize=["num_valid", "num_m_blocks", "E_GLOBAL", "E_LOCAL"])  # one compile, every M
 def moe_gemm_mxfp4(
-    # pointers
+    # pointers (DIRECT: expert_ids_ptr = the flat top-k ids, sorted_ids_ptr / num_post_padded_ptr unused)
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
-    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr,
+    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr, in_range_ptr,
     # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
-    N, K, num_valid, num_m_blocks,
+    N, K, num_valid, num_m_blocks, E_GLOBAL, E_LOCAL,
     # strides
     stride_am, stride_ak, stride_asm, stride_ask,
     stride_be, stride_bt, stride_bn, stride_bk,
@@ -876,13 +1082,20 @@ def moe_gemm_mxfp4(
     GROUP_M: tl.constexpr,
     K_TILE: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    DIRECT: tl.constexpr,
+    HAS_MAP: tl.constexpr,
+    LOOP_STAGES: tl.constexpr,  # FMA: num_stages (its loads pipeline only when asked); dots: None (Triton's own)
 ):
     """Variant ``mxfp4``: A bf16, W mxfp4 (4-bit)."""
     # -- which tile ----------------------------------------------------------------------------
     pid = tl.program_id(0)
     split = pid % SPLIT_K  # split-K: this program's share of the K steps, its partial at c + split * stride_cs
     pid = pid // SPLIT_K
-    num_post_padded = tl.load(num_post_padded_ptr)
+    FMA: tl.constexpr = BLOCK_M < 16  # fewer rows than tl.dot takes: CUDA-core multiply-adds (see _dot)
+    tl.static_assert(BLOCK_M == 1 or not DIRECT, "direct rows are one-row blocks")
+    if DIRECT:  # noqa: SIM102  (BLOCK_M = 1) the first program also reports whether every id is < E_GLOBAL
+        if pid == 0 and split == 0:
+            _ids_in_range(expert_ids_ptr, in_range_ptr, num_valid, E_GLOBAL)
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
@@ -890,12 +1103,26 @@ def moe_gemm_mxfp4(
     size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
     pid_m = first_m + ((pid % (GROUP_M * num_pid_n)) % size_m)
     pid_n = (pid % (GROUP_M * num_pid_n)) // size_m
-    if pid_m * BLOCK_M >= num_post_padded:
-        return
-    offs_row = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rows = tl.load(sorted_ids_ptr + offs_row).to(tl.int64)
-    row_mask = rows < num_valid
-    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    if DIRECT:
+        # no alignment: block pid_m is (token, slot) row pid_m; its expert looked up here (other ranks'
+        # experts, padding ids < 0 and ids past E_GLOBAL, which the range flag reports, are skipped)
+        rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
+        row_mask = rows < num_valid
+        gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+        if (gid < 0) | (gid >= E_GLOBAL):
+            return
+        if HAS_MAP:
+            expert = tl.load(emap_ptr + gid).to(tl.int64)
+        else:
+            expert = tl.where(gid < E_LOCAL, gid, -1)
+    else:
+        num_post_padded = tl.load(num_post_padded_ptr)
+        if pid_m * BLOCK_M >= num_post_padded:
+            return
+        offs_row = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rows = tl.load(sorted_ids_ptr + offs_row).to(tl.int64)
+        row_mask = rows < num_valid
+        expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
     if expert < 0:
         return
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -910,7 +1137,7 @@ def moe_gemm_mxfp4(
         k_per_split = tl.cdiv(k_steps, SPLIT_K)
         k_first = split * k_per_split
         k_steps = tl.minimum(k_first + k_per_split, k_steps)
-    for k0 in range(k_first, k_steps):
+    for k0 in tl.range(k_first, k_steps, num_stages=LOOP_STAGES):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
         if EVEN_K:
             a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
@@ -926,7 +1153,7 @@ def moe_gemm_mxfp4(
         scale = _e8m0(tl.load(b_scale_ptr + expert * stride_bse + offs_n * stride_bsn + (k0 * BLOCK_K // 32) * stride_bsk,
                               mask=n_mask, other=127))
         w = (_e2m1(codes.to(tl.int32)) * scale[:, None]).to(a.dtype)  # BLOCK_K <= 32 (k_granule)
-        acc = _dot_acc(a, tl.trans(w), acc, DOT_UPCAST)
+        acc = _dot_acc(a, tl.trans(w), acc, DOT_UPCAST, FMA)
     # -- epilogue ------------------------------------------------------------------------------
     if HAS_BIAS:  # once: in split 0's partial
         bias = tl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask, other=0.0).to(tl.float32)
