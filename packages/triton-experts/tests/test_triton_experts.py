@@ -245,13 +245,10 @@ def test_split_k_matches_reference(tmp_path, monkeypatch, scheme, split_k):
     e, h, i = 8, 256, 128
     _, weights, act = _case(tmp_path, scheme, e=e, h=h, i=i, bias=True, seed=5)
     folder = tmp_path / "configs"
-    folder.mkdir()
-    device = torch.cuda.get_device_name() if ON_GPU else "cpu"
     variant = {"unquantized": "bf16"}.get(scheme, scheme)
     cfg = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 1, "num_warps": 4, "num_stages": 2,
            "SPLIT_K": split_k}
-    for n, k in ((2 * i, h), (h, i)):
-        (folder / tuning.file_name(e=e, n=n, k=k, variant=variant, device=device)).write_text(json.dumps({"1": cfg}))
+    _write_configs(folder, e=e, h=h, i=i, variant=variant, cfg=cfg)
     monkeypatch.setenv(tuning.ENV_DIR, str(folder))
     tuning._load.cache_clear()
     try:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -160,7 +160,7 @@ class DirectRows:
     num_experts: int
     num_local_experts: int
     ids_in_range: torch.Tensor
-    block_m: int = 1
+    block_m: ClassVar[int] = 1  # (as :class:`Alignment`'s field: the BLOCK_M these rows serve)
 
 
 def direct_rows(topk_ids: torch.Tensor, *, num_local_experts: int, num_experts: int,

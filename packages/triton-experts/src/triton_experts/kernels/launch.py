@@ -213,10 +213,9 @@ def grouped_gemm(
     expected = gemm_out_shape(config, rows=a.shape[0] * top_k, n=n)
     if out.shape != expected:
         raise ValueError(f"out must be {list(expected)} (SPLIT_K={config.SPLIT_K}), got {list(out.shape)}")
-    if isinstance(alignment, DirectRows) and config.BLOCK_M != 1:
-        raise ValueError(f"direct rows (no alignment) need BLOCK_M=1, got BLOCK_M={config.BLOCK_M}")
-    if isinstance(alignment, Alignment) and alignment.block_m != config.BLOCK_M:
-        raise ValueError(f"the alignment was made for BLOCK_M={alignment.block_m}, not {config.BLOCK_M}")
+    if alignment.block_m != config.BLOCK_M:
+        kind = "direct rows (no alignment) serve" if isinstance(alignment, DirectRows) else "the alignment serves"
+        raise ValueError(f"{kind} BLOCK_M={alignment.block_m}, not BLOCK_M={config.BLOCK_M}")
     plan = plan_gemm(variant=variant, weight=weight, scale=scale, zero=zero, bias=bias, top_k=top_k, n=n, k=k,
                      group_k=group_k, config=config)
     run_gemm(plan, a=a, a_scale=a_scale, out=out, topk_weights=topk_weights, alignment=alignment)
