@@ -14,11 +14,16 @@ shipped kernel and config on the same alignment (and checked against its output 
            zero and scale still once per group
   maxnreg  the shipped kernel under a register cap (168: three CTAs per SM, 128: four), which
            ptxas meets by spilling; stages x SPLIT_K
+  gluon    the Gluon decode kernel (kernels/_generated_gluon.py: explicit mma.sync layouts, one
+           16-pair slice of dequantized weights alive at a time, 32-bit shared loads);
+           BLOCK_N x stages x warps x SPLIT_K
 
 Each row prints the shipped kernel's time and the best probe config's, with the ratio. Columns past
 N read other rows' bytes in the tma kernel; their outputs are never stored. H100 results (2026-11-24,
 benchmarks/results/triton_experts-int4_decode_limits-*): maxnreg 1.07-1.22x slower, slices 1.49-1.88x
-slower, tma 0.92-1.04x (within the run-to-run spread). None is kept.
+slower, tma 0.92-1.04x (within the run-to-run spread); none is kept. The gluon mode measured 0.90-0.94x
+of the shipped Triton kernel on every row (a copy of the kernel that then moved into the package,
+which the tuner now picks for 16-row int4 decode tiles: triton_experts-gluon_int4_decode-*).
 """
 
 from __future__ import annotations
@@ -196,6 +201,9 @@ def _candidates(kind: str, shipped):
     if kind == "tma":
         return [(bn, st, wp, sp, 0) for bn, st, wp, sp in itertools.product((64, 128, 256), (2, 3, 4, 6), (4, 8), (1, 2, 4))
                 if st * bn * 64 <= 160 * 1024 and (wp == 4 or bn >= 128)]
+    if kind == "gluon":
+        return [(bn, st, wp, sp, 0) for bn, st, wp, sp in itertools.product((64, 128, 256), (2, 3, 4), (4, 8), (1, 2, 4))
+                if wp == 4 or bn >= 128]
     if kind == "slices":
         return [(bn, st, 4, sp, sl) for bn, st, sp, sl in itertools.product((128, 256), (3, 4, 6), (1, 2, 4), (4,))]
     return [(shipped.BLOCK_N, st, shipped.num_warps, sp, cap)
@@ -211,12 +219,12 @@ def main() -> None:
 
     from triton_experts.align import rows_for_experts
     from triton_experts.kernels.launch import new_gemm_out, plan_gemm, run_gemm
-    from triton_experts.tuning import CONFIG_DIR, LaunchConfig, file_name, nearest_tuned
+    from triton_experts.tuning import CONFIG_DIR, Kernel, LaunchConfig, file_name, nearest_tuned
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default="deepseek:1,deepseek:8,deepseek:32,mixtral:8,mixtral:32,qwen3:8,qwen3:32")
     ap.add_argument("--rep", type=int, default=15, help="do_bench repetition time per config, ms")
-    ap.add_argument("--mode", choices=("tma", "slices", "maxnreg"), required=True)
+    ap.add_argument("--mode", choices=("tma", "slices", "maxnreg", "gluon"), required=True)
     args = ap.parse_args()
     torch.manual_seed(0)
     props = torch.cuda.get_device_properties(0)
@@ -231,7 +239,7 @@ def main() -> None:
         for name, (n, kk, w, group) in gemms.items():
             path = CONFIG_DIR / file_name(e=e, n=n, k=kk, variant=ex.variant_name, device=props.name)
             table = {int(t): c for t, c in json.loads(path.read_text()).items()}
-            shipped = LaunchConfig(**table[nearest_tuned(table, m)])
+            shipped = LaunchConfig.from_dict(table[nearest_tuned(table, m)])
             if shipped.BLOCK_M != 16:  # the one-row path: compare against the 16-row config it beat
                 shipped = LaunchConfig(16, 256, 128, 1, 4, 2, SPLIT_K=2)
             top_k = k if name == "w13" else 1
@@ -256,9 +264,11 @@ def main() -> None:
                 if args.mode == "maxnreg":
                     capped = plan_of(dataclasses.replace(shipped, num_stages=stages, SPLIT_K=split))
                     capped = dataclasses.replace(capped, kernel=_Capped(capped.kernel, extra))
+                elif args.mode == "gluon":
+                    capped = plan_of(LaunchConfig(16, bn, 128, 1, warps, stages, SPLIT_K=split, KERNEL=Kernel.GLUON))
 
                 def launch(out=out, bn=bn, stages=stages, warps=warps, split=split, extra=extra,
-                           capped=capped if args.mode == "maxnreg" else None):
+                           capped=capped if args.mode in ("maxnreg", "gluon") else None):
                     if args.mode == "tma":
                         run_tma(p0, a=a, out=out, tw=tw, al=al, bn=bn, stages=stages, warps=warps, split=split)
                     elif args.mode == "slices":

@@ -31,7 +31,7 @@ def main() -> None:
     n, kk, _, _ = gemms[name]
     path = CONFIG_DIR / file_name(e=e, n=n, k=kk, variant=ex.variant_name, device=torch.cuda.get_device_name())
     table = {int(t): c for t, c in json.loads(path.read_text()).items()}
-    cfg = LaunchConfig(**{**table[nearest_tuned(table, m)],
+    cfg = LaunchConfig.from_dict({**table[nearest_tuned(table, m)],
                           **(json.loads(sys.argv[4]) if len(sys.argv) > 4 else {})})
     print(model, m, name, cfg, flush=True)
     for _ in range(3):

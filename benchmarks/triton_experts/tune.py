@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from run import MODELS, make_weights, routing
 
-from triton_experts.tuning import CONFIG_DIR, LaunchConfig, file_name, nearest_tuned
+from triton_experts.tuning import CONFIG_DIR, Kernel, LaunchConfig, file_name, nearest_tuned
 
 # bytes per element of the (A, W) tiles in shared memory: int4 weights stay packed there (8 per int32)
 BYTES = {"bf16": (2, 2), "fp8_block": (1, 1), "int4_w4a16": (2, 0.5)}
@@ -66,6 +66,9 @@ def candidates(scheme: str, rows_per_expert: int, k_granule: int, group: int) ->
             if (k_granule and k_granule % bk) or not fits_group(bk, group) or (warps == 8 and bn < 64):
                 continue
             out.append(LaunchConfig(1, bn, bk, 1, warps, stages, SPLIT_K=split))
+    if scheme == "int4_w4a16" and rows_per_expert <= 16 and group == 128:  # the Gluon decode kernel
+        for bn, stages, split in itertools.product((64, 128, 256), (2, 3, 4), (1, 2, 4)):
+            out.append(LaunchConfig(16, bn, 128, 1, 4, stages, SPLIT_K=split, KERNEL=Kernel.GLUON))
     if 4 <= rows_per_expert <= 16:  # some experts span two row blocks: run those blocks together (L2)
         for bn, split, stages in itertools.product((128, 256), (1, 2, 4), (2, 3)):
             out.append(LaunchConfig(16, bn, 128, 8, 4, stages, SPLIT_K=split))
@@ -162,6 +165,8 @@ def main() -> None:
     ap.add_argument("--show", type=int, default=0, help="also print the N fastest candidates of each GEMM and M")
     ap.add_argument("--block-m", default="", help="comma list: only candidates of these BLOCK_M (the config "
                                                    "already in the output file always competes)")
+    ap.add_argument("--kernels", default="", help="comma list: only candidates of these kernel families "
+                                                  "(triton, gluon; the current config always competes)")
     args = ap.parse_args()
     from triton_experts.kernels._generated_moe import VARIANTS
 
@@ -177,17 +182,18 @@ def main() -> None:
             meta = VARIANTS[ex.variant_name]
             only = set(args.only.split(",")) - {""}
             block_ms = {int(x) for x in args.block_m.split(",") if x}
+            kernels = {Kernel(x) for x in args.kernels.split(",") if x}
             plan = {}
             for m in ms:
                 for name, (n, kk, _, group) in gemms.items():
                     if only and f"{name}:{m}" not in only:
                         continue
                     cands = [c for c in candidates(scheme, max(1, m * k // e), meta["k_granule"], group)
-                             if not block_ms or c.BLOCK_M in block_ms]
+                             if (not block_ms or c.BLOCK_M in block_ms) and (not kernels or c.KERNEL in kernels)]
                     path = args.out / file_name(e=e, n=n, k=kk, variant=ex.variant_name, device=device)
                     # what M runs today (its own entry or the nearest tuned one) competes: a re-tune never loses it
                     table = {int(tm): cfg for tm, cfg in json.loads(path.read_text()).items()} if path.is_file() else {}
-                    current = LaunchConfig(**table[nearest_tuned(table, m)]) if table else None
+                    current = LaunchConfig.from_dict(table[nearest_tuned(table, m)]) if table else None
                     if current and current not in cands:
                         cands.append(current)
                     plan[(m, name)] = cands

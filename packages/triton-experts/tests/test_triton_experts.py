@@ -274,6 +274,15 @@ def _write_configs(folder, *, e, h, i, variant, cfg):
         (folder / tuning.file_name(e=e, n=n, k=k, variant=variant, device=device)).write_text(json.dumps({"1": cfg}))
 
 
+def _two_rank_config(*, e, h, i, act, ep, dtype, has_bias):
+    """Top-2 over ``e`` experts; with ``ep``, rank 1 of 2 whose ``e`` local experts are the model's odd
+    ones (a strided expert map over 2e)."""
+    emap = tuple(g // 2 if g % 2 else -1 for g in range(2 * e)) if ep else None
+    return MoEConfig(num_experts=2 * e if ep else e, top_k=2, hidden_size=h, intermediate_size=i, activation=act,
+                     ep_size=2 if ep else 1, ep_rank=1 if ep else 0, expert_map=emap, in_dtype=dtype,
+                     has_bias=has_bias)
+
+
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize(("block_m", "split_k"), [(1, 1), (1, 2), (4, 1)])
 @pytest.mark.parametrize("ep", [False, True], ids=["all-experts", "expert-map"])
@@ -296,10 +305,8 @@ def test_few_row_blocks_match_reference(tmp_path, monkeypatch, scheme, block_m, 
     monkeypatch.setenv(tuning.ENV_DIR, str(tmp_path / "configs"))
     tuning._load.cache_clear()
     try:
-        emap = tuple(g // 2 if g % 2 else -1 for g in range(2 * e)) if ep else None
-        config = MoEConfig(num_experts=e_model, top_k=2, hidden_size=h, intermediate_size=i, activation=act,
-                           ep_size=2 if ep else 1, ep_rank=1 if ep else 0, expert_map=emap,
-                           in_dtype=torch.bfloat16, has_bias=weights.w13_bias is not None)
+        config = _two_rank_config(e=e, h=h, i=i, act=act, ep=ep, dtype=torch.bfloat16,
+                                  has_bias=weights.w13_bias is not None)
         kernel = make_kernel(weights=weights.to(DEVICE), config=config, platform=PLATFORM, force="triton")
         reference = make_kernel(weights=weights, config=config, platform=PLATFORM, force="reference")
         x, tw, ids = _inputs(6, 2, e_model, h, seed=block_m)
@@ -313,6 +320,78 @@ def test_few_row_blocks_match_reference(tmp_path, monkeypatch, scheme, block_m, 
         assert torch.all(out[1] == 0)  # the padding row
     finally:
         tuning._load.cache_clear()
+
+
+def test_launch_config_names_its_kernel():
+    from triton_experts.tuning import Kernel, LaunchConfig
+
+    gluon = LaunchConfig(16, 128, 128, 1, 4, 2, SPLIT_K=2, KERNEL=Kernel.GLUON)
+    assert gluon.as_dict()["KERNEL"] == "gluon" and LaunchConfig.from_dict(gluon.as_dict()) == gluon
+    plain = LaunchConfig(16, 128, 128, 1, 4, 2)
+    assert "KERNEL" not in plain.as_dict() and LaunchConfig.from_dict(plain.as_dict()) == plain
+    with pytest.raises(ValueError, match="KERNEL='cutlass': expected one of"):
+        LaunchConfig.from_dict({**plain.as_dict(), "KERNEL": "cutlass"})
+
+
+@pytest.mark.parametrize("scheme", ["int4_w4a16", "int4_w4a16_asym"])
+@pytest.mark.parametrize(("split_k", "stages", "block_n"), [(1, 2, 64), (2, 3, 128)])
+@pytest.mark.parametrize("ep", [False, True], ids=["all-experts", "expert-map"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_gluon_decode_tiles_match_reference(tmp_path, monkeypatch, scheme, split_k, stages, block_n, ep, dtype):
+    """A tuned ``KERNEL: gluon`` tile runs the Gluon decode kernel on an NVIDIA GPU (bias, padding row,
+    an EP rank's expert map, split-K partials) and the Triton kernel with the same tile where Gluon
+    cannot run (the interpreter); both against the reference experts."""
+    from triton_experts import tuning
+    from triton_experts.tuning import Kernel
+
+    e, h, i = 4, 256, 256  # two 128-k steps in each GEMM (split-K 2 splits both)
+    _, weights, act = _case(tmp_path, scheme, e=e, h=h, i=i, bias=True, seed=split_k + stages)
+    cfg = {"BLOCK_M": 16, "BLOCK_N": block_n, "BLOCK_K": 128, "GROUP_M": 1, "num_warps": 4, "num_stages": stages,
+           "SPLIT_K": split_k, "KERNEL": "gluon"}
+    e_model = 2 * e if ep else e
+    _write_configs(tmp_path / "configs", e=e_model, h=h, i=i, variant="int4_w4a16", cfg=cfg)
+    monkeypatch.setenv(tuning.ENV_DIR, str(tmp_path / "configs"))
+    tuning._load.cache_clear()
+    try:
+        config = _two_rank_config(e=e, h=h, i=i, act=act, ep=ep, dtype=dtype, has_bias=True)
+        kernel = make_kernel(weights=weights.to(DEVICE), config=config, platform=PLATFORM, force="triton")
+        reference = make_kernel(weights=weights, config=config, platform=PLATFORM, force="reference")
+        x, tw, ids = _inputs(6, 2, e_model, h, seed=split_k)
+        x = x.to(dtype)
+        out = kernel(hidden_states=x, topk_weights=tw, topk_ids=ids)
+        assert out.dtype == dtype
+        ran = Kernel.GLUON if ON_GPU and torch.version.hip is None else Kernel.TRITON
+        assert [c.KERNEL for c, _ in kernel.experts.last_configs] == [ran, ran]
+        assert [c.SPLIT_K for c, _ in kernel.experts.last_configs] == [split_k, split_k]
+        ref = reference(hidden_states=x.cpu(), topk_weights=tw.cpu(), topk_ids=ids.cpu())
+        assert rel(out.cpu(), ref) < BOUND_VS_REFERENCE, scheme
+        assert torch.all(out[1] == 0)  # the padding row
+    finally:
+        tuning._load.cache_clear()
+
+
+def test_gluon_tile_refusals_name_what_is_missing():
+    from triton_experts.kernels.launch import plan_gemm
+    from triton_experts.tuning import Kernel, LaunchConfig
+
+    w = torch.zeros(2, 2, 64, 64, dtype=torch.uint8, device=DEVICE)  # K tiles: E 2, K 256, N 64
+    s = torch.ones(2, 64, 2, dtype=torch.bfloat16, device=DEVICE)
+    z = torch.full((2, 64, 2), 8, dtype=torch.uint8, device=DEVICE)
+    one_row = LaunchConfig(1, 64, 128, 1, 4, 2, KERNEL=Kernel.GLUON)
+    with pytest.raises(ValueError, match="BLOCK_M=16 and BLOCK_K=128 \\(got 1 and 128\\)"):
+        plan_gemm(variant="int4_w4a16", weight=w, scale=s, zero=z, bias=None, top_k=2, n=64, k=256, group_k=128,
+                  config=one_row)
+    tile = LaunchConfig(16, 64, 128, 1, 4, 2, KERNEL=Kernel.GLUON)
+    with pytest.raises(ValueError, match="groups of 128 k \\(got 64\\)"):
+        plan_gemm(variant="int4_w4a16", weight=w, scale=s, zero=z, bias=None, top_k=2, n=64, k=256, group_k=64,
+                  config=tile)
+    with pytest.raises(ValueError, match="a variant with a Gluon kernel"):
+        plan_gemm(variant="mxfp4", weight=w, scale=s, zero=z, bias=None, top_k=2, n=64, k=256, group_k=32,
+                  config=LaunchConfig(16, 64, 32, 1, 4, 2, KERNEL=Kernel.GLUON))
+    if not ON_GPU:
+        with pytest.raises(ValueError, match="an NVIDIA GPU of sm80 or newer, not the interpreter"):
+            plan_gemm(variant="int4_w4a16", weight=w, scale=s, zero=z, bias=None, top_k=2, n=64, k=256,
+                      group_k=128, config=tile)
 
 
 def test_block_m_must_be_a_power_of_two(tmp_path):

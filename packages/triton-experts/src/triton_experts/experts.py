@@ -31,9 +31,9 @@ from moe_oracle.reference.activation_quant import quantize_activation
 from quantkeys import SCHEMES, Granularity, PlatformKind, QuantDType, QuantKey
 
 from .align import fused_kernels, rows_for_experts
-from .kernels.launch import GemmPlan, new_gemm_out, run_gemm
+from .kernels.launch import GemmPlan, gluon_unsupported, new_gemm_out, run_gemm
 from .layout import LAYOUT
-from .tuning import LaunchConfig, get_config
+from .tuning import Kernel, LaunchConfig, get_config
 
 FP8_CAPABILITY = (8, 9)  # Triton's fp8e4nv needs Ada / Hopper
 BASE_CAPABILITY = (8, 0)  # bf16 tensor cores
@@ -174,6 +174,10 @@ class TritonExperts(Experts):
         c1, c2 = self._fit(c1, self.group13, h), self._fit(c2, self.group2, i)
         if c2.BLOCK_M != c1.BLOCK_M:  # one row grouping serves both GEMMs
             c2 = replace(c2, BLOCK_M=c1.BLOCK_M)
+        # a Gluon tile where the Gluon kernel cannot run it (another group size or device than the tuned
+        # model's, a refitted tile) runs the Triton kernel with the same tile
+        c1 = self._runnable(c1, self.w13, self.group13)
+        c2 = self._runnable(c2, self.w2, self.group2)
         g1 = plan_gemm(variant=self.variant_name, weight=self.w13["weight"], scale=self.w13.get("scale"),
                        zero=self.w13.get("zero"), bias=self.b13, top_k=top_k, n=n1, k=h, group_k=self.group13,
                        config=c1)
@@ -239,6 +243,12 @@ class TritonExperts(Experts):
         run_gemm(g2p, a=y, a_scale=y_scale, out=gemm2, topk_weights=tw.reshape(-1), alignment=alignment)
         return _reduce(gemm2, topk_ids, self.expert_map, m=m, top_k=k, h=g2p.n, num_experts=cfg.num_experts,
                        num_local=cfg.num_local_experts, dtype=cfg.result_dtype)
+
+    def _runnable(self, c: LaunchConfig, w: dict[str, torch.Tensor], group: int) -> LaunchConfig:
+        if c.KERNEL is Kernel.GLUON and gluon_unsupported(variant=self.variant_name, weight=w["weight"],
+                                                          zero=w.get("zero"), group_k=group, config=c):
+            return replace(c, KERNEL=Kernel.TRITON)
+        return c
 
     @staticmethod
     def _fit(c: LaunchConfig, group: int, k: int) -> LaunchConfig:

@@ -3,7 +3,8 @@
 Files: ``configs/E{E}_N{N}_K{K}_{variant}_{device}.json`` (device name with every character
 other than letters and digits replaced by ``_``) mapping a token
 count M (as a string) to ``{"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages"}``
-and optionally ``"SPLIT_K"`` (default 1).
+and optionally ``"SPLIT_K"`` (default 1) and ``"KERNEL"`` (``"triton"``, the default, or ``"gluon"``:
+the hand-laid-out decode kernel of the variants that have one, 16-row blocks only).
 The nearest tuned M (on a log scale, ties to the smaller) wins. ``QMOE_TRITON_CONFIG_DIR`` adds a folder searched first.
 E is the model's expert count and M its token count (top_k slots each): an expert-parallel rank, or
 a call with fewer slots, looks its launches up at the model's token count that gives each expert as
@@ -13,6 +14,7 @@ benchmarks/triton_experts/tune.py writes these files.
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import os
@@ -25,6 +27,13 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 ENV_DIR = "QMOE_TRITON_CONFIG_DIR"
 
 
+class Kernel(enum.Enum):
+    """Which kernel family a launch config runs."""
+
+    TRITON = "triton"  # the generated Triton variant (_generated_moe.py): every scheme and tile
+    GLUON = "gluon"  # the generated Gluon decode kernel (_generated_gluon.py): 4-bit K tiles, 16-row blocks
+
+
 @dataclass(frozen=True)
 class LaunchConfig:
     BLOCK_M: int
@@ -34,9 +43,25 @@ class LaunchConfig:
     num_warps: int
     num_stages: int
     SPLIT_K: int = 1  # programs sharing one output tile's K steps; > 1: float32 partials summed by the next kernel
+    KERNEL: Kernel = Kernel.TRITON
 
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+    def as_dict(self) -> dict[str, int | str]:
+        """The JSON form (``KERNEL`` by name, left out for the default Triton kernel)."""
+        out: dict[str, int | str] = {k: v for k, v in asdict(self).items() if k != "KERNEL"}
+        if self.KERNEL is not Kernel.TRITON:
+            out["KERNEL"] = self.KERNEL.value
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> LaunchConfig:
+        """Parse :meth:`as_dict`'s form; an unknown ``KERNEL`` name is an error that lists the known ones."""
+        fields = dict(raw)
+        name = fields.pop("KERNEL", Kernel.TRITON.value)
+        try:
+            kernel = Kernel(name)
+        except ValueError:
+            raise ValueError(f"launch config KERNEL={name!r}: expected one of {[k.value for k in Kernel]}") from None
+        return cls(**fields, KERNEL=kernel)
 
 
 def file_name(*, e: int, n: int, k: int, variant: str, device: str) -> str:
@@ -51,7 +76,7 @@ def _load(name: str) -> dict[int, LaunchConfig] | None:
         path = folder / name
         if path.is_file():
             raw = json.loads(path.read_text())
-            return {int(m): LaunchConfig(**cfg) for m, cfg in raw.items()}
+            return {int(m): LaunchConfig.from_dict(cfg) for m, cfg in raw.items()}
     return None
 
 

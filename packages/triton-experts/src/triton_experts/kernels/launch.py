@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..align import Alignment, DirectRows
-from ..tuning import LaunchConfig
+from ..tuning import Kernel, LaunchConfig
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # inline PTX (the 4-bit codes' prmt/lop3 dequantization) on NVIDIA GPUs only: not under the
@@ -38,6 +38,31 @@ def fits_group(block_k: int, group: int) -> bool:
         return True
     q, r = divmod(block_k, group)
     return r == 0 and q & (q - 1) == 0
+
+
+def gluon_unsupported(*, variant: str, weight: torch.Tensor, zero: torch.Tensor | None, group_k: int,
+                      config: LaunchConfig) -> str:
+    """Why the Gluon decode kernel of ``variant`` cannot run this GEMM with ``config``'s tile ('' when
+    it can): it needs 64-byte K tiles ``[E, K/128, N, 64]`` (contiguous), groups of 128 k, zero points,
+    16 x BLOCK_N x 128 tiles and an NVIDIA GPU of sm80 or newer (see ``_generated_gluon.py``)."""
+    from ._generated_gluon import GLUON_KERNELS
+
+    need = []
+    if variant not in GLUON_KERNELS:
+        need.append(f"a variant with a Gluon kernel ({sorted(GLUON_KERNELS)})")
+    if (config.BLOCK_M, config.BLOCK_K) != (16, 128):
+        need.append(f"BLOCK_M=16 and BLOCK_K=128 (got {config.BLOCK_M} and {config.BLOCK_K})")
+    if weight.dim() != 4 or weight.shape[-1] != 64 or not weight.is_contiguous():
+        need.append(f"contiguous 64-byte K tiles [E, K/128, N, 64] (got shape {list(weight.shape)}, strides "
+                    f"{weight.stride()})")
+    if group_k != 128:
+        need.append(f"groups of 128 k (got {group_k})")
+    if zero is None:
+        need.append("zero points (the symmetric offset where the checkpoint has none)")
+    if _INTERPRETED or not weight.is_cuda or torch.version.hip is not None \
+            or torch.cuda.get_device_capability(weight.device) < (8, 0):
+        need.append(f"an NVIDIA GPU of sm80 or newer, not the interpreter (weights on {weight.device})")
+    return f"{variant}: KERNEL=gluon needs " + "; ".join(need) if need else ""
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -108,6 +133,13 @@ def plan_gemm(*, variant: str, weight: torch.Tensor, scale: torch.Tensor | None,
     if not 1 <= config.SPLIT_K <= triton_cdiv(k, bk):
         raise ValueError(f"SPLIT_K={config.SPLIT_K} must be between 1 and the {triton_cdiv(k, bk)} K steps of "
                          f"K={k} in BLOCK_K={bk}")
+    if config.KERNEL is Kernel.GLUON:
+        from ._generated_gluon import GLUON_KERNELS
+
+        refusal = gluon_unsupported(variant=variant, weight=weight, zero=zero, group_k=group_k, config=config)
+        if refusal:
+            raise ValueError(refusal)
+        kernel = GLUON_KERNELS[variant]
     dummy, dummy_u8 = _dummies(weight.device)
     s = scale if scale is not None else dummy
     z = zero if zero is not None else dummy_u8
@@ -148,6 +180,8 @@ def run_gemm(plan: GemmPlan, *, a: torch.Tensor, a_scale: torch.Tensor | None, o
     c = plan.config
     weight, s, z, b = plan.weight_args
     dummy = _dummies(a.device)[0] if (a_scale is None or topk_weights is None) else None
+    if c.KERNEL is Kernel.GLUON:
+        return _run_gluon(plan, a=a, out=out, topk_weights=topk_weights, alignment=alignment)
     a_s = a_scale if a_scale is not None else dummy
     if a_s.dim() == 2:
         sa0, sa1 = a_s.stride(0), a_s.stride(1)
@@ -181,6 +215,30 @@ def run_gemm(plan: GemmPlan, *, a: torch.Tensor, a_scale: torch.Tensor | None, o
         # tensor-core path keeps Triton's default, which ran 5% faster on the H100 than the explicit form
         LOOP_STAGES=c.num_stages if c.BLOCK_M < 16 else None,
         num_warps=c.num_warps, num_stages=c.num_stages,
+    )
+
+
+def _run_gluon(plan: GemmPlan, *, a: torch.Tensor, out: torch.Tensor, topk_weights: torch.Tensor | None,
+               alignment: Alignment | DirectRows) -> object:
+    """:func:`run_gemm` for a Gluon plan: A is read as int32 (even, odd) k pairs, so it must be 16-bit,
+    K-contiguous, with an even row stride and a 4-byte aligned base."""
+    if a.dtype not in (torch.bfloat16, torch.float16) or a.stride(-1) != 1 or a.stride(0) % 2 or a.data_ptr() % 4:
+        raise ValueError(f"KERNEL=gluon needs bf16/fp16 activations, K-contiguous with an even row stride and a "
+                         f"4-byte aligned base; got {a.dtype}, strides {a.stride()}")
+    if isinstance(alignment, DirectRows):
+        raise ValueError("KERNEL=gluon runs 16-row blocks of an alignment, not direct rows")
+    c = plan.config
+    weight, s, z, b = plan.weight_args
+    ws = plan.weight_strides
+    tw = topk_weights if topk_weights is not None else _dummies(a.device)[0]
+    num_m_blocks = alignment.sorted_ids.shape[0] // c.BLOCK_M
+    return plan.kernel[(num_m_blocks * plan.n_blocks * c.SPLIT_K,)](
+        a, weight, s, z, b, out, tw, alignment.sorted_ids, alignment.expert_ids, alignment.num_post_padded,
+        plan.n, plan.k, plan.k // 128, alignment.num_valid,
+        a.stride(0), ws[4], ws[5], ws[6], ws[7], ws[8], out.stride(-2), out.stride(-1),
+        out.stride(0) if out.dim() == 3 else 0,
+        TOP_K=plan.top_k, MUL_WEIGHT=topk_weights is not None, HAS_BIAS=plan.has_bias, BLOCK_N=c.BLOCK_N,
+        SPLIT_K=c.SPLIT_K, STAGES=c.num_stages, WARPS=c.num_warps, num_warps=c.num_warps,
     )
 
 
