@@ -211,15 +211,15 @@ def _candidates(kind: str, shipped):
 
 
 def main() -> None:
-    import json
 
     import triton.testing
     from run import MODELS, routing
     from tune import _setup
 
     from triton_experts.align import rows_for_experts
+    from triton_experts.kernels._generated_moe import VARIANTS
     from triton_experts.kernels.launch import new_gemm_out, plan_gemm, run_gemm
-    from triton_experts.tuning import CONFIG_DIR, Kernel, LaunchConfig, file_name, nearest_tuned
+    from triton_experts.tuning import Kernel, LaunchConfig, get_config
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default="deepseek:1,deepseek:8,deepseek:32,mixtral:8,mixtral:32,qwen3:8,qwen3:32")
@@ -237,9 +237,9 @@ def main() -> None:
         ex, gemms = _setup(model, "int4_w4a16")
         _, ids = routing(m, e, k, seed=m)
         for name, (n, kk, w, group) in gemms.items():
-            path = CONFIG_DIR / file_name(e=e, n=n, k=kk, variant=ex.variant_name, device=props.name)
-            table = {int(t): c for t, c in json.loads(path.read_text()).items()}
-            shipped = LaunchConfig.from_dict(table[nearest_tuned(table, m)])
+            shipped, _ = get_config(m=m, n=n, k=kk, variant=ex.variant_name,
+                                    k_granule=VARIANTS[ex.variant_name]["k_granule"], num_experts=e, top_k=k,
+                                    device=props.name)
             if shipped.BLOCK_M != 16:  # the one-row path: compare against the 16-row config it beat
                 shipped = LaunchConfig(16, 256, 128, 1, 4, 2, SPLIT_K=2)
             top_k = k if name == "w13" else 1

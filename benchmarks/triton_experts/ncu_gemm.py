@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from run import MODELS, routing
 from tune import _setup, _time
 
-from triton_experts.tuning import CONFIG_DIR, LaunchConfig, file_name, nearest_tuned
+from triton_experts.kernels._generated_moe import VARIANTS
+from triton_experts.tuning import LaunchConfig, get_config
 
 
 def main() -> None:
@@ -29,10 +30,9 @@ def main() -> None:
     ex, gemms = _setup(model, "int4_w4a16")
     _, ids = routing(m, e, k, seed=m)
     n, kk, _, _ = gemms[name]
-    path = CONFIG_DIR / file_name(e=e, n=n, k=kk, variant=ex.variant_name, device=torch.cuda.get_device_name())
-    table = {int(t): c for t, c in json.loads(path.read_text()).items()}
-    cfg = LaunchConfig.from_dict({**table[nearest_tuned(table, m)],
-                          **(json.loads(sys.argv[4]) if len(sys.argv) > 4 else {})})
+    shipped, _ = get_config(m=m, n=n, k=kk, variant=ex.variant_name, k_granule=VARIANTS[ex.variant_name]["k_granule"],
+                            num_experts=e, top_k=k, device=torch.cuda.get_device_name())
+    cfg = LaunchConfig.from_dict({**shipped.as_dict(), **(json.loads(sys.argv[4]) if len(sys.argv) > 4 else {})})
     print(model, m, name, cfg, flush=True)
     for _ in range(3):
         _time(ex, name, gemms[name], "int4_w4a16", ids, k, cfg, rep=0)

@@ -36,6 +36,7 @@ SMEM = 200 * 1024
 
 
 def candidates(scheme: str, rows_per_expert: int, k_granule: int, group: int) -> list[LaunchConfig]:
+    from triton_experts.kernels._generated_gluon import GLUON_KERNELS
     from triton_experts.kernels.launch import fits_group
 
     if rows_per_expert <= 16:  # decode: one BLOCK_M block per expert, memory bound: bytes in flight
@@ -66,7 +67,7 @@ def candidates(scheme: str, rows_per_expert: int, k_granule: int, group: int) ->
             if (k_granule and k_granule % bk) or not fits_group(bk, group) or (warps == 8 and bn < 64):
                 continue
             out.append(LaunchConfig(1, bn, bk, 1, warps, stages, SPLIT_K=split))
-    if scheme == "int4_w4a16" and rows_per_expert <= 16 and group == 128:  # the Gluon decode kernel
+    if scheme in GLUON_KERNELS and rows_per_expert <= 16 and group == 128:  # the Gluon decode kernel
         for bn, stages, split in itertools.product((64, 128, 256), (2, 3, 4), (1, 2, 4)):
             out.append(LaunchConfig(16, bn, 128, 1, 4, stages, SPLIT_K=split, KERNEL=Kernel.GLUON))
     if 4 <= rows_per_expert <= 16:  # some experts span two row blocks: run those blocks together (L2)
