@@ -123,17 +123,35 @@ def _time(ex, name, gemm, scheme, ids, k, cfg, rep):
     return triton.testing.do_bench(fn, warmup=5, rep=rep, return_mode="median")
 
 
-def _choose(timed: dict[str, dict[LaunchConfig, float]]) -> dict[str, LaunchConfig]:
+def _align_time(ids: torch.Tensor, e: int, block_m: int, rep: int) -> float:
+    """The alignment launch a call of BLOCK_M-row blocks runs before its GEMMs (none for one row)."""
+    import triton.testing
+
+    from triton_experts.align import rows_for_experts
+
+    if block_m == 1 or rep == 0:
+        return 0.0
+    # replayed from a CUDA graph, back to back, as it runs inside the layer's graph: under do_bench
+    # (an L2 flush before each call) this one-program launch timed 14-25 us on the H100, against
+    # 2.6-5 us of kernel time in the layer's profile
+    return triton.testing.do_bench_cudagraph(
+        lambda: rows_for_experts(ids, num_local_experts=e, num_experts=e, block_m=block_m), rep=rep,
+        return_mode="median")
+
+
+def _choose(timed: dict[str, dict[LaunchConfig, float]], align: dict[int, float] | None = None
+            ) -> dict[str, LaunchConfig]:
     """The fastest config per GEMM, under the experts' rule that both GEMMs of a call share one row
     grouping (BLOCK_M; one-row blocks need no alignment): with both GEMMs timed, the BLOCK_M with the
-    lowest summed time."""
+    lowest summed time, the alignment launch of that BLOCK_M (``align``, seconds) included."""
     if set(timed) != {"w13", "w2"}:
         return {name: min(t, key=t.get) for name, t in timed.items()}
+    align = align or {}
     best: dict[str, LaunchConfig] = {}
     best_sum = float("inf")
-    for bm in {c.BLOCK_M for c in timed["w13"]} & {c.BLOCK_M for c in timed["w2"]}:
+    for bm in sorted({c.BLOCK_M for c in timed["w13"]} & {c.BLOCK_M for c in timed["w2"]}):
         pick = {name: min((c for c in t if bm == c.BLOCK_M), key=t.get) for name, t in timed.items()}
-        total = sum(timed[name][c] for name, c in pick.items())
+        total = sum(timed[name][c] for name, c in pick.items()) + align.get(bm, 0.0)
         if total < best_sum:
             best, best_sum = pick, total
     return best
@@ -222,7 +240,11 @@ def main() -> None:
                 for name, t in timed.items() if args.show else ():
                     for cfg in sorted(t, key=t.get)[:args.show]:
                         print(f"    {name} M={m} {t[cfg] * 1e3:8.1f} us  {cfg}")
-                for name, cfg in _choose(timed).items():
+                align = {bm: _align_time(ids, e, bm, args.rep) for bm in {c.BLOCK_M for t in timed.values() for c in t}}
+                if len(align) > 1:
+                    print("  alignment launch per BLOCK_M: " + ", ".join(f"{bm}: {t * 1e3:.1f} us"
+                                                                         for bm, t in sorted(align.items())))
+                for name, cfg in _choose(timed, align).items():
                     tables[name][str(m)] = cfg.as_dict()
                     t = timed[name][cfg] * 1e3
                     fastest = min(timed[name].values()) * 1e3

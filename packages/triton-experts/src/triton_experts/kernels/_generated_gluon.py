@@ -18,7 +18,9 @@ Here the layouts are explicit:
   contiguous (one 32-bit shared load), decoded by prmt/lop3 into exact 16-bit floats OFFSET + code
   and multiplied; one slice's weights are alive at a time;
 * zero and scale apply once per group and column:
-  ``s (sum_k a (OFFSET + c) - (OFFSET + z) sum_k a)``.
+  ``s (sum_k a (OFFSET + c) - (OFFSET + z) sum_k a)``; the row sums ``sum_k a`` come from the tensor
+  cores too (A @ ones, two more mma.sync per slice), which took a third of the K loop's
+  instructions (conversions, adds, shuffles) on the CUDA cores.
 """
 
 from __future__ import annotations
@@ -156,6 +158,7 @@ def moe_gemm_int4_w4a16_gluon(
     n_mask = offs_n < N
     offset: gl.constexpr = 1024.0 if dtype == gl.float16 else 128.0
     acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, mma)
+    ones = gl.full([16, 8], 1.0, dtype, b_l)  # A @ ones: the row sums of A on the tensor cores
     # -- K loop: one 128-k group per step -------------------------------------------------------
     for t in range(n_steps):
         gl.thread_barrier()  # every thread is done with the slot the next copy overwrites
@@ -170,7 +173,7 @@ def moe_gemm_int4_w4a16_gluon(
         w_s = w_bufs.index(t % STAGES)
         a_s = a_bufs.index(t % STAGES)
         part = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, mma)
-        a_sum = gl.zeros([BLOCK_M], gl.float32, gl.SliceLayout(1, a_l))
+        a_sums = gl.zeros([BLOCK_M, 8], gl.float32, mma)
         for j in gl.static_range(4):
             lo, hi = _codes(w_s.slice(j * 16, 16, dim=1).permute((1, 0)).load(b_phys), dtype)
             a_w = a_s.slice(j * 16, 16, dim=1).load(a_phys).to(gl.uint32, bitcast=True)
@@ -178,11 +181,12 @@ def moe_gemm_int4_w4a16_gluon(
             a_odd = _as_operand((a_w >> 16).to(gl.uint16).to(dtype, bitcast=True), a_l, 1)
             part = mma_v2(a_even, _as_operand(lo, b_l, 0), part)
             part = mma_v2(a_odd, _as_operand(hi, b_l, 0), part)
-            a_sum += gl.sum(a_even.to(gl.float32) + a_odd.to(gl.float32), axis=1)
+            a_sums = mma_v2(a_odd, ones, mma_v2(a_even, ones, a_sums))
         sz = expert * stride_bse + offs_n * stride_bsn + (k_first + t) * stride_bsk
         scale = gl.load(b_scale_ptr + sz, mask=n_mask, other=0.0).to(gl.float32)
         zero = gl.load(b_zero_ptr + sz, mask=n_mask, other=0).to(gl.float32)
-        acc += (part - gl.convert_layout(a_sum, row_l)[:, None] * (zero + offset)[None, :]) * scale[None, :]
+        a_sum = gl.max(a_sums, axis=1)  # every column holds the row's sum
+        acc += (part - a_sum[:, None] * (zero + offset)[None, :]) * scale[None, :]
     async_copy.wait_group(0)
     # -- epilogue ------------------------------------------------------------------------------
     rows = gl.load(sorted_ids_ptr + pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=row_l)).to(gl.int64)
