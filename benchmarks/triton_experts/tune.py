@@ -67,9 +67,12 @@ def candidates(scheme: str, rows_per_expert: int, k_granule: int, group: int) ->
             if (k_granule and k_granule % bk) or not fits_group(bk, group) or (warps == 8 and bn < 64):
                 continue
             out.append(LaunchConfig(1, bn, bk, 1, warps, stages, SPLIT_K=split))
-    if scheme in GLUON_KERNELS and rows_per_expert <= 16 and group == 128:  # the Gluon decode kernel
-        for bn, stages, split in itertools.product((64, 128, 256), (2, 3, 4), (1, 2, 4)):
-            out.append(LaunchConfig(16, bn, 128, 1, 4, stages, SPLIT_K=split, KERNEL=Kernel.GLUON))
+    if scheme in GLUON_KERNELS and rows_per_expert <= 16 and group == 128:  # the Gluon decode kernels
+        for kernel in (Kernel.GLUON, Kernel.GLUON_PERSISTENT):  # (persistent: SPLIT_K must divide K / 128)
+            for bn, stages, split in itertools.product((64, 128, 256), (2, 3, 4), (1, 2, 4)):
+                out.append(LaunchConfig(16, bn, 128, 1, 4, stages, SPLIT_K=split, KERNEL=kernel))
+            for bn, stages, split in itertools.product((128, 256), (2, 3), (1, 2, 4)):  # 8 warps: 16-32 columns each
+                out.append(LaunchConfig(16, bn, 128, 1, 8, stages, SPLIT_K=split, KERNEL=kernel))
     if 4 <= rows_per_expert <= 16:  # some experts span two row blocks: run those blocks together (L2)
         for bn, split, stages in itertools.product((128, 256), (1, 2, 4), (2, 3)):
             out.append(LaunchConfig(16, bn, 128, 8, 4, stages, SPLIT_K=split))
@@ -185,7 +188,7 @@ def main() -> None:
     ap.add_argument("--block-m", default="", help="comma list: only candidates of these BLOCK_M (the config "
                                                    "already in the output file always competes)")
     ap.add_argument("--kernels", default="", help="comma list: only candidates of these kernel families "
-                                                  "(triton, gluon; the current config always competes)")
+                                                  "(triton, gluon, gluon_persistent; the current config always competes)")
     args = ap.parse_args()
     from triton_experts.kernels._generated_moe import VARIANTS
 

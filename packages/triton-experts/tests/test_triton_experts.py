@@ -327,6 +327,9 @@ def test_launch_config_names_its_kernel():
 
     gluon = LaunchConfig(16, 128, 128, 1, 4, 2, SPLIT_K=2, KERNEL=Kernel.GLUON)
     assert gluon.as_dict()["KERNEL"] == "gluon" and LaunchConfig.from_dict(gluon.as_dict()) == gluon
+    persistent = LaunchConfig(16, 128, 128, 1, 4, 2, KERNEL=Kernel.GLUON_PERSISTENT)
+    assert persistent.as_dict()["KERNEL"] == "gluon_persistent" and LaunchConfig.from_dict(persistent.as_dict()) == \
+        persistent
     plain = LaunchConfig(16, 128, 128, 1, 4, 2)
     assert "KERNEL" not in plain.as_dict() and LaunchConfig.from_dict(plain.as_dict()) == plain
     with pytest.raises(ValueError, match="KERNEL='cutlass': expected one of"):
@@ -337,17 +340,22 @@ def test_launch_config_names_its_kernel():
 @pytest.mark.parametrize(("split_k", "stages", "block_n"), [(1, 2, 64), (2, 3, 128)])
 @pytest.mark.parametrize("ep", [False, True], ids=["all-experts", "expert-map"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_gluon_decode_tiles_match_reference(tmp_path, monkeypatch, scheme, split_k, stages, block_n, ep, dtype):
-    """A tuned ``KERNEL: gluon`` tile runs the Gluon decode kernel on an NVIDIA GPU (bias, padding row,
-    an EP rank's expert map, split-K partials) and the Triton kernel with the same tile where Gluon
-    cannot run (the interpreter); both against the reference experts."""
+@pytest.mark.parametrize("kernel_name", ["gluon", "gluon_persistent"])
+def test_gluon_decode_tiles_match_reference(tmp_path, monkeypatch, scheme, split_k, stages, block_n, ep, dtype,
+                                            kernel_name):
+    """A tuned ``KERNEL: gluon`` / ``gluon_persistent`` tile runs that Gluon decode kernel on an NVIDIA
+    GPU (bias, padding row, an EP rank's expert map, split-K partials; the persistent grid held to 3
+    programs, so each walks several tiles and its copy ring runs across them) and the Triton kernel
+    with the same tile where Gluon cannot run (the interpreter); both against the reference experts."""
     from triton_experts import tuning
+    from triton_experts.kernels import launch
     from triton_experts.tuning import Kernel
 
     e, h, i = 4, 256, 256  # two 128-k steps in each GEMM (split-K 2 splits both)
     _, weights, act = _case(tmp_path, scheme, e=e, h=h, i=i, bias=True, seed=split_k + stages)
     cfg = {"BLOCK_M": 16, "BLOCK_N": block_n, "BLOCK_K": 128, "GROUP_M": 1, "num_warps": 4, "num_stages": stages,
-           "SPLIT_K": split_k, "KERNEL": "gluon"}
+           "SPLIT_K": split_k, "KERNEL": kernel_name}
+    monkeypatch.setattr(launch, "persistent_grid", lambda *args, **kwargs: 3)
     e_model = 2 * e if ep else e
     _write_configs(tmp_path / "configs", e=e_model, h=h, i=i, variant="int4_w4a16", cfg=cfg)
     monkeypatch.setenv(tuning.ENV_DIR, str(tmp_path / "configs"))
@@ -360,7 +368,7 @@ def test_gluon_decode_tiles_match_reference(tmp_path, monkeypatch, scheme, split
         x = x.to(dtype)
         out = kernel(hidden_states=x, topk_weights=tw, topk_ids=ids)
         assert out.dtype == dtype
-        ran = Kernel.GLUON if ON_GPU and torch.version.hip is None else Kernel.TRITON
+        ran = Kernel(kernel_name) if ON_GPU and torch.version.hip is None else Kernel.TRITON
         assert [c.KERNEL for c, _ in kernel.experts.last_configs] == [ran, ran]
         assert [c.SPLIT_K for c, _ in kernel.experts.last_configs] == [split_k, split_k]
         ref = reference(hidden_states=x.cpu(), topk_weights=tw.cpu(), topk_ids=ids.cpu())
@@ -388,6 +396,12 @@ def test_gluon_tile_refusals_name_what_is_missing():
     with pytest.raises(ValueError, match="a variant with a Gluon kernel"):
         plan_gemm(variant="mxfp4", weight=w, scale=s, zero=z, bias=None, top_k=2, n=64, k=256, group_k=32,
                   config=LaunchConfig(16, 64, 32, 1, 4, 2, KERNEL=Kernel.GLUON))
+    w3 = torch.zeros(2, 3, 64, 64, dtype=torch.uint8, device=DEVICE)  # K 384: three K tiles
+    s3 = torch.ones(2, 64, 3, dtype=torch.bfloat16, device=DEVICE)
+    z3 = torch.full((2, 64, 3), 8, dtype=torch.uint8, device=DEVICE)
+    with pytest.raises(ValueError, match=r"KERNEL=gluon_persistent needs .*SPLIT_K dividing the 3 K tiles"):
+        plan_gemm(variant="int4_w4a16", weight=w3, scale=s3, zero=z3, bias=None, top_k=2, n=64, k=384, group_k=128,
+                  config=LaunchConfig(16, 64, 128, 1, 4, 2, SPLIT_K=2, KERNEL=Kernel.GLUON_PERSISTENT))
     if not ON_GPU:
         with pytest.raises(ValueError, match="an NVIDIA GPU of sm80 or newer, not the interpreter"):
             plan_gemm(variant="int4_w4a16", weight=w, scale=s, zero=z, bias=None, top_k=2, n=64, k=256,

@@ -245,7 +245,7 @@ class TritonExperts(Experts):
                        num_local=cfg.num_local_experts, dtype=cfg.result_dtype)
 
     def _runnable(self, c: LaunchConfig, w: dict[str, torch.Tensor], group: int) -> LaunchConfig:
-        if c.KERNEL is Kernel.GLUON and gluon_unsupported(variant=self.variant_name, weight=w["weight"],
+        if c.KERNEL.is_gluon and gluon_unsupported(variant=self.variant_name, weight=w["weight"],
                                                           zero=w.get("zero"), group_k=group, config=c):
             return replace(c, KERNEL=Kernel.TRITON)
         return c

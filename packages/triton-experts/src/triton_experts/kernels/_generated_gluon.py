@@ -96,6 +96,94 @@ def _as_operand(x, layout: gl.constexpr, DIM: gl.constexpr):
         y = gl.reshape(gl.permute(gl.reshape(x, [r, 4, 2, 2]), (0, 2, 1, 3)), [r, 16])
     return gl.convert_layout(y, layout, assert_trivial=True)
 
+@gluon.constexpr_function
+def _mma_layout(warps):
+    """mma.sync accumulators of a [16, BLOCK_N] tile, the warps side by side along N."""
+    return gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, warps], instr_shape=[16, 8])
+
+
+@gluon.constexpr_function
+def _copy_layouts(warps):
+    """(weight, A) register layouts of the cp.async sources: [BLOCK_N, 64] bytes and [16, 64] int32 pairs,
+    16 bytes per thread and copy."""
+    return (gl.BlockedLayout(size_per_thread=[1, 16], threads_per_warp=[8, 4], warps_per_cta=[warps, 1], order=[1, 0]),
+            gl.BlockedLayout(size_per_thread=[1, 4], threads_per_warp=[2, 16], warps_per_cta=[warps, 1], order=[1, 0]))
+
+
+@gluon.jit
+def _group_product(w_s, a_s, ones, dtype: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                   WARPS: gl.constexpr):
+    """One 128-k group from shared memory: (sum_k a (OFFSET + c) [BLOCK_M, BLOCK_N], sum_k a [BLOCK_M, 8] with
+    every column the row's sum), float32 in the mma layout."""
+    mma: gl.constexpr = _mma_layout(WARPS)
+    a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+    b_l: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+    a_phys: gl.constexpr = _pair_major(gl.to_linear_layout(a_l, [BLOCK_M, 16]), 1)
+    b_phys: gl.constexpr = _pair_major(gl.to_linear_layout(b_l, [16, BLOCK_N]), 0)
+    part = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, mma)
+    a_sums = gl.zeros([BLOCK_M, 8], gl.float32, mma)
+    for j in gl.static_range(4):
+        lo, hi = _codes(w_s.slice(j * 16, 16, dim=1).permute((1, 0)).load(b_phys), dtype)
+        a_w = a_s.slice(j * 16, 16, dim=1).load(a_phys).to(gl.uint32, bitcast=True)
+        a_even = _as_operand((a_w & 0xFFFF).to(gl.uint16).to(dtype, bitcast=True), a_l, 1)
+        a_odd = _as_operand((a_w >> 16).to(gl.uint16).to(dtype, bitcast=True), a_l, 1)
+        part = mma_v2(a_even, _as_operand(lo, b_l, 0), part)
+        part = mma_v2(a_odd, _as_operand(hi, b_l, 0), part)
+        a_sums = mma_v2(a_odd, ones, mma_v2(a_even, ones, a_sums))
+    return part, a_sums  # (every column of a_sums holds its row's sum)
+
+
+@gluon.jit
+def _group_scales(b_scale_ptr, b_zero_ptr, sz, n_mask, dtype: gl.constexpr):
+    """The group's float32 (scale, OFFSET + zero point) per column at offsets ``sz``. (Where the loads sit
+    relative to the products and the row-sum reduction moved the layer time by 2-10% either way per
+    shape on the H100; the order in each kernel is the one measured.)"""
+    offset: gl.constexpr = 1024.0 if dtype == gl.float16 else 128.0
+    scale = gl.load(b_scale_ptr + sz, mask=n_mask, other=0.0).to(gl.float32)
+    zero = gl.load(b_zero_ptr + sz, mask=n_mask, other=0).to(gl.float32)
+    return scale, zero + offset
+
+
+@gluon.jit
+def _store_tile(acc, c_ptr, bias_ptr, topk_weights_ptr, sorted_ids_ptr, blk, expert, split, offs_n, n_mask,
+                num_valid, stride_biase, stride_biasn, stride_cm, stride_cn, stride_cs, MUL_WEIGHT: gl.constexpr,
+                HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, WARPS: gl.constexpr):
+    """The epilogue of one tile: + bias (split 0's partial only), * top-k weight, store the block's real rows."""
+    row_l: gl.constexpr = gl.SliceLayout(1, _mma_layout(WARPS))
+    rows = gl.load(sorted_ids_ptr + blk * BLOCK_M + gl.arange(0, BLOCK_M, layout=row_l)).to(gl.int64)
+    row_mask = rows < num_valid
+    if HAS_BIAS:
+        bias = gl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask & (split == 0),
+                       other=0.0).to(gl.float32)
+        acc += bias[None, :]
+    if MUL_WEIGHT:
+        acc *= gl.load(topk_weights_ptr + rows, mask=row_mask, other=0.0).to(gl.float32)[:, None]
+    gl.store(c_ptr + split * stride_cs + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn,
+             acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
+
+
+@gluon.jit
+def _issue_unit_step(w_buf, a_buf, u, t, units, b_ptr, a_pairs, sorted_ids_ptr, expert_ids_ptr, num_valid, stride_am,
+                     N: gl.constexpr, KT: gl.constexpr, TOP_K: gl.constexpr, BLOCK_M: gl.constexpr,
+                     BLOCK_N: gl.constexpr, SPLIT_K: gl.constexpr, WARPS: gl.constexpr):
+    """cp.async of step ``t`` of unit ``u`` (the weight tile and A's rows), masked off for ``u >= units``."""
+    w_cp: gl.constexpr = _copy_layouts(WARPS)[0]
+    a_cp: gl.constexpr = _copy_layouts(WARPS)[1]
+    live = u < units
+    blk = u // SPLIT_K // gl.cdiv(N, BLOCK_N)
+    pid_n = u // SPLIT_K % gl.cdiv(N, BLOCK_N)
+    kt = u % SPLIT_K * (KT // SPLIT_K) + t
+    expert = gl.load(expert_ids_ptr + blk, mask=live, other=0).to(gl.int64)
+    w_rows = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, w_cp))
+    w_cols = gl.arange(0, 64, layout=gl.SliceLayout(0, w_cp))
+    w_src = b_ptr + (expert * KT + kt) * N * 64 + w_rows.to(gl.int64)[:, None] * 64 + w_cols[None, :]
+    async_copy.async_copy_global_to_shared(w_buf, w_src, mask=((w_rows < N) & live)[:, None] & (w_cols < 64)[None, :])
+    a_ids = gl.load(sorted_ids_ptr + blk * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, a_cp)),
+                    mask=live, other=num_valid)
+    a_cols = gl.arange(0, 64, layout=gl.SliceLayout(0, a_cp))
+    a_src = a_pairs + (a_ids // TOP_K).to(gl.int64)[:, None] * (stride_am // 2) + kt * 64 + a_cols[None, :]
+    async_copy.async_copy_global_to_shared(a_buf, a_src, mask=(a_ids < num_valid)[:, None] & (a_cols < 64)[None, :])
+
 
 @gluon.jit(do_not_specialize=["num_valid"])
 def moe_gemm_int4_w4a16_gluon(
@@ -107,20 +195,15 @@ def moe_gemm_int4_w4a16_gluon(
     SPLIT_K: gl.constexpr, STAGES: gl.constexpr, WARPS: gl.constexpr,
 ):
     """Variant ``int4_w4a16``: A bf16 (or fp16), W int_group (4-bit) in 64-byte K tiles (KT
-    = K / 128 of them); launch with ``num_warps=WARPS`` (side by side along N)."""
+    = K / 128 of them); one program per (16-row block, BLOCK_N columns, K split) tile; launch with
+    ``num_warps=WARPS`` (side by side along N)."""
     BLOCK_M: gl.constexpr = 16
     dtype: gl.constexpr = a_ptr.dtype.element_ty
-    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, WARPS], instr_shape=[16, 8])
-    a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+    mma: gl.constexpr = _mma_layout(WARPS)
     b_l: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
-    a_phys: gl.constexpr = _pair_major(gl.to_linear_layout(a_l, [BLOCK_M, 16]), 1)
-    b_phys: gl.constexpr = _pair_major(gl.to_linear_layout(b_l, [16, BLOCK_N]), 0)
-    row_l: gl.constexpr = gl.SliceLayout(1, mma)
     col_l: gl.constexpr = gl.SliceLayout(0, mma)
-    w_cp: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 16], threads_per_warp=[8, 4], warps_per_cta=[WARPS, 1],
-                                          order=[1, 0])
-    a_cp: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 4], threads_per_warp=[2, 16], warps_per_cta=[WARPS, 1],
-                                          order=[1, 0])
+    w_cp: gl.constexpr = _copy_layouts(WARPS)[0]
+    a_cp: gl.constexpr = _copy_layouts(WARPS)[1]
     plain: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
     # -- which tile ----------------------------------------------------------------------------
     pid = gl.program_id(0)
@@ -156,7 +239,6 @@ def moe_gemm_int4_w4a16_gluon(
         async_copy.commit_group()
     offs_n = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_l)
     n_mask = offs_n < N
-    offset: gl.constexpr = 1024.0 if dtype == gl.float16 else 128.0
     acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, mma)
     ones = gl.full([16, 8], 1.0, dtype, b_l)  # A @ ones: the row sums of A on the tensor cores
     # -- K loop: one 128-k group per step -------------------------------------------------------
@@ -170,38 +252,99 @@ def moe_gemm_int4_w4a16_gluon(
         async_copy.commit_group()
         async_copy.wait_group(STAGES - 1)
         gl.thread_barrier()  # step t's copies of every thread have landed
-        w_s = w_bufs.index(t % STAGES)
-        a_s = a_bufs.index(t % STAGES)
-        part = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, mma)
-        a_sums = gl.zeros([BLOCK_M, 8], gl.float32, mma)
-        for j in gl.static_range(4):
-            lo, hi = _codes(w_s.slice(j * 16, 16, dim=1).permute((1, 0)).load(b_phys), dtype)
-            a_w = a_s.slice(j * 16, 16, dim=1).load(a_phys).to(gl.uint32, bitcast=True)
-            a_even = _as_operand((a_w & 0xFFFF).to(gl.uint16).to(dtype, bitcast=True), a_l, 1)
-            a_odd = _as_operand((a_w >> 16).to(gl.uint16).to(dtype, bitcast=True), a_l, 1)
-            part = mma_v2(a_even, _as_operand(lo, b_l, 0), part)
-            part = mma_v2(a_odd, _as_operand(hi, b_l, 0), part)
-            a_sums = mma_v2(a_odd, ones, mma_v2(a_even, ones, a_sums))
-        sz = expert * stride_bse + offs_n * stride_bsn + (k_first + t) * stride_bsk
-        scale = gl.load(b_scale_ptr + sz, mask=n_mask, other=0.0).to(gl.float32)
-        zero = gl.load(b_zero_ptr + sz, mask=n_mask, other=0).to(gl.float32)
-        a_sum = gl.max(a_sums, axis=1)  # every column holds the row's sum
-        acc += (part - a_sum[:, None] * (zero + offset)[None, :]) * scale[None, :]
+        part, a_sums = _group_product(w_bufs.index(t % STAGES), a_bufs.index(t % STAGES), ones, dtype, BLOCK_M,
+                                      BLOCK_N, WARPS)
+        scale, zero = _group_scales(b_scale_ptr, b_zero_ptr,
+                                    expert * stride_bse + offs_n * stride_bsn + (k_first + t) * stride_bsk, n_mask, dtype)
+        acc += (part - gl.max(a_sums, axis=1)[:, None] * zero[None, :]) * scale[None, :]
     async_copy.wait_group(0)
-    # -- epilogue ------------------------------------------------------------------------------
-    rows = gl.load(sorted_ids_ptr + pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=row_l)).to(gl.int64)
-    row_mask = rows < num_valid
-    if HAS_BIAS:  # once: in split 0's partial
-        bias = gl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask & (split == 0),
-                       other=0.0).to(gl.float32)
-        acc += bias[None, :]
-    if MUL_WEIGHT:
-        acc *= gl.load(topk_weights_ptr + rows, mask=row_mask, other=0.0).to(gl.float32)[:, None]
-    gl.store(c_ptr + split * stride_cs + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn,
-             acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
+    _store_tile(acc, c_ptr, bias_ptr, topk_weights_ptr, sorted_ids_ptr, pid_m, expert, split, offs_n, n_mask,
+                num_valid, stride_biase, stride_biasn, stride_cm, stride_cn, stride_cs, MUL_WEIGHT, HAS_BIAS, BLOCK_M,
+                WARPS)
 
 
-# Gluon decode kernels of the variants that have one (spec: gluon_decode = true).
+@gluon.jit(do_not_specialize=["num_valid"])
+def moe_gemm_int4_w4a16_gluon_persistent(
+    a_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr, sorted_ids_ptr, expert_ids_ptr,
+    num_post_padded_ptr,
+    N: gl.constexpr, K: gl.constexpr, KT: gl.constexpr, num_valid,
+    stride_am, stride_bse, stride_bsn, stride_bsk, stride_biase, stride_biasn, stride_cm, stride_cn, stride_cs,
+    TOP_K: gl.constexpr, MUL_WEIGHT: gl.constexpr, HAS_BIAS: gl.constexpr, BLOCK_N: gl.constexpr,
+    SPLIT_K: gl.constexpr, STAGES: gl.constexpr, WARPS: gl.constexpr,
+):
+    """:func:`moe_gemm_int4_w4a16_gluon` with a grid of at most the CTAs resident at once: program p walks
+    the units p, p + grid, ... (unit = 16-row block x BLOCK_N columns x K split; SPLIT_K divides K / 128)
+    in one flat loop of 128-k steps, so its cp.async ring runs on from one unit into the next (no
+    pipeline ramp per tile, no partial last wave). Units come from the real padded length on the device;
+    N, K are compile-time constants here (unit coordinates by multiplication, not division)."""
+    BLOCK_M: gl.constexpr = 16
+    k_per: gl.constexpr = KT // SPLIT_K
+    num_pid_n: gl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
+    dtype: gl.constexpr = a_ptr.dtype.element_ty
+    mma: gl.constexpr = _mma_layout(WARPS)
+    b_l: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+    col_l: gl.constexpr = gl.SliceLayout(0, mma)
+    plain: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
+    pid = gl.program_id(0)
+    grid = gl.num_programs(0)
+    units = gl.load(num_post_padded_ptr) // BLOCK_M * (num_pid_n * SPLIT_K)
+    total = gl.cdiv(gl.maximum(units - pid, 0), grid) * k_per  # this program's steps
+    a_pairs = a_ptr.to(gl.pointer_type(gl.int32), bitcast=True)
+    w_bufs = gl.allocate_shared_memory(gl.uint8, [STAGES, BLOCK_N, 64], plain)
+    a_bufs = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_M, 64], plain)
+    for s in gl.static_range(STAGES - 1):
+        _issue_unit_step(w_bufs.index(s), a_bufs.index(s), pid + s // k_per * grid, s % k_per, units, b_ptr, a_pairs,
+                         sorted_ids_ptr, expert_ids_ptr, num_valid, stride_am, N, KT, TOP_K, BLOCK_M, BLOCK_N,
+                         SPLIT_K, WARPS)
+        async_copy.commit_group()
+    # the copies run STAGES - 1 steps ahead: (unit, step) of the next copy and of the step computed
+    u_cp = pid + (STAGES - 1) // k_per * grid
+    t_cp = (STAGES - 1) % k_per
+    u = pid
+    t = 0
+    acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, mma)
+    ones = gl.full([16, 8], 1.0, dtype, b_l)
+    for i in range(total):
+        gl.thread_barrier()  # every thread is done with the slot the next copy overwrites
+        nxt = i + STAGES - 1
+        _issue_unit_step(w_bufs.index(nxt % STAGES), a_bufs.index(nxt % STAGES), u_cp, t_cp, units, b_ptr, a_pairs,
+                         sorted_ids_ptr, expert_ids_ptr, num_valid, stride_am, N, KT, TOP_K, BLOCK_M, BLOCK_N,
+                         SPLIT_K, WARPS)
+        async_copy.commit_group()
+        t_cp += 1
+        if t_cp == k_per:
+            t_cp = 0
+            u_cp += grid
+        async_copy.wait_group(STAGES - 1)
+        gl.thread_barrier()  # step i's copies of every thread have landed
+        split = u % SPLIT_K
+        pid_n = u // SPLIT_K % num_pid_n
+        blk = u // SPLIT_K // num_pid_n
+        expert = gl.load(expert_ids_ptr + blk).to(gl.int64)
+        offs_n = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_l)
+        n_mask = offs_n < N
+        part, a_sums = _group_product(w_bufs.index(i % STAGES), a_bufs.index(i % STAGES), ones, dtype, BLOCK_M,
+                                      BLOCK_N, WARPS)
+        a_sum = gl.max(a_sums, axis=1)
+        scale, zero = _group_scales(b_scale_ptr, b_zero_ptr,
+                                    expert * stride_bse + offs_n * stride_bsn + (split * k_per + t) * stride_bsk,
+                                    n_mask, dtype)
+        acc += (part - a_sum[:, None] * zero[None, :]) * scale[None, :]
+        t += 1
+        if t == k_per:  # the unit's last step: its epilogue, then the next unit
+            _store_tile(acc, c_ptr, bias_ptr, topk_weights_ptr, sorted_ids_ptr, blk, expert, split, offs_n, n_mask,
+                        num_valid, stride_biase, stride_biasn, stride_cm, stride_cn, stride_cs, MUL_WEIGHT, HAS_BIAS,
+                        BLOCK_M, WARPS)
+            acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, mma)
+            t = 0
+            u += grid
+    async_copy.wait_group(0)
+
+
+# Gluon decode kernels of the variants that have one (spec: gluon_decode = true): per tile, persistent.
 GLUON_KERNELS = {
     'int4_w4a16': moe_gemm_int4_w4a16_gluon,
+}
+GLUON_PERSISTENT_KERNELS = {
+    'int4_w4a16': moe_gemm_int4_w4a16_gluon_persistent,
 }

@@ -42,9 +42,10 @@ def fits_group(block_k: int, group: int) -> bool:
 
 def gluon_unsupported(*, variant: str, weight: torch.Tensor, zero: torch.Tensor | None, group_k: int,
                       config: LaunchConfig) -> str:
-    """Why the Gluon decode kernel of ``variant`` cannot run this GEMM with ``config``'s tile ('' when
-    it can): it needs 64-byte K tiles ``[E, K/128, N, 64]`` (contiguous), groups of 128 k, zero points,
-    16 x BLOCK_N x 128 tiles and an NVIDIA GPU of sm80 or newer (see ``_generated_gluon.py``)."""
+    """Why the Gluon decode kernel of ``variant`` (``config.KERNEL``: per tile or persistent) cannot run
+    this GEMM with ``config``'s tile ('' when it can): it needs 64-byte K tiles ``[E, K/128, N, 64]``
+    (contiguous), groups of 128 k, zero points, 16 x BLOCK_N x 128 tiles and an NVIDIA GPU of sm80 or
+    newer; the persistent form also SPLIT_K dividing K / 128 (see ``_generated_gluon.py``)."""
     from ._generated_gluon import GLUON_KERNELS
 
     need = []
@@ -52,6 +53,9 @@ def gluon_unsupported(*, variant: str, weight: torch.Tensor, zero: torch.Tensor 
         need.append(f"a variant with a Gluon kernel ({sorted(GLUON_KERNELS)})")
     if (config.BLOCK_M, config.BLOCK_K) != (16, 128):
         need.append(f"BLOCK_M=16 and BLOCK_K=128 (got {config.BLOCK_M} and {config.BLOCK_K})")
+    k_steps = weight.shape[1] if weight.dim() == 4 else 0
+    if config.KERNEL is Kernel.GLUON_PERSISTENT and k_steps and k_steps % config.SPLIT_K:
+        need.append(f"SPLIT_K dividing the {k_steps} K tiles (got SPLIT_K={config.SPLIT_K})")
     if weight.dim() != 4 or weight.shape[-1] != 64 or not weight.is_contiguous():
         need.append(f"contiguous 64-byte K tiles [E, K/128, N, 64] (got shape {list(weight.shape)}, strides "
                     f"{weight.stride()})")
@@ -62,7 +66,7 @@ def gluon_unsupported(*, variant: str, weight: torch.Tensor, zero: torch.Tensor 
     if _INTERPRETED or not weight.is_cuda or torch.version.hip is not None \
             or torch.cuda.get_device_capability(weight.device) < (8, 0):
         need.append(f"an NVIDIA GPU of sm80 or newer, not the interpreter (weights on {weight.device})")
-    return f"{variant}: KERNEL=gluon needs " + "; ".join(need) if need else ""
+    return f"{variant}: KERNEL={config.KERNEL.value} needs " + "; ".join(need) if need else ""
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -133,13 +137,13 @@ def plan_gemm(*, variant: str, weight: torch.Tensor, scale: torch.Tensor | None,
     if not 1 <= config.SPLIT_K <= triton_cdiv(k, bk):
         raise ValueError(f"SPLIT_K={config.SPLIT_K} must be between 1 and the {triton_cdiv(k, bk)} K steps of "
                          f"K={k} in BLOCK_K={bk}")
-    if config.KERNEL is Kernel.GLUON:
-        from ._generated_gluon import GLUON_KERNELS
+    if config.KERNEL.is_gluon:
+        from ._generated_gluon import GLUON_KERNELS, GLUON_PERSISTENT_KERNELS
 
         refusal = gluon_unsupported(variant=variant, weight=weight, zero=zero, group_k=group_k, config=config)
         if refusal:
             raise ValueError(refusal)
-        kernel = GLUON_KERNELS[variant]
+        kernel = (GLUON_PERSISTENT_KERNELS if config.KERNEL is Kernel.GLUON_PERSISTENT else GLUON_KERNELS)[variant]
     dummy, dummy_u8 = _dummies(weight.device)
     s = scale if scale is not None else dummy
     z = zero if zero is not None else dummy_u8
@@ -180,7 +184,7 @@ def run_gemm(plan: GemmPlan, *, a: torch.Tensor, a_scale: torch.Tensor | None, o
     c = plan.config
     weight, s, z, b = plan.weight_args
     dummy = _dummies(a.device)[0] if (a_scale is None or topk_weights is None) else None
-    if c.KERNEL is Kernel.GLUON:
+    if c.KERNEL.is_gluon:
         return _run_gluon(plan, a=a, out=out, topk_weights=topk_weights, alignment=alignment)
     a_s = a_scale if a_scale is not None else dummy
     if a_s.dim() == 2:
@@ -231,15 +235,38 @@ def _run_gluon(plan: GemmPlan, *, a: torch.Tensor, out: torch.Tensor, topk_weigh
     weight, s, z, b = plan.weight_args
     ws = plan.weight_strides
     tw = topk_weights if topk_weights is not None else _dummies(a.device)[0]
-    num_m_blocks = alignment.sorted_ids.shape[0] // c.BLOCK_M
-    return plan.kernel[(num_m_blocks * plan.n_blocks * c.SPLIT_K,)](
-        a, weight, s, z, b, out, tw, alignment.sorted_ids, alignment.expert_ids, alignment.num_post_padded,
-        plan.n, plan.k, plan.k // 128, alignment.num_valid,
-        a.stride(0), ws[4], ws[5], ws[6], ws[7], ws[8], out.stride(-2), out.stride(-1),
-        out.stride(0) if out.dim() == 3 else 0,
-        TOP_K=plan.top_k, MUL_WEIGHT=topk_weights is not None, HAS_BIAS=plan.has_bias, BLOCK_N=c.BLOCK_N,
-        SPLIT_K=c.SPLIT_K, STAGES=c.num_stages, WARPS=c.num_warps, num_warps=c.num_warps,
-    )
+    tiles = alignment.sorted_ids.shape[0] // c.BLOCK_M * plan.n_blocks * c.SPLIT_K  # (host bound: real count on device)
+    args = (a, weight, s, z, b, out, tw, alignment.sorted_ids, alignment.expert_ids, alignment.num_post_padded,
+            plan.n, plan.k, plan.k // 128, alignment.num_valid,
+            a.stride(0), ws[4], ws[5], ws[6], ws[7], ws[8], out.stride(-2), out.stride(-1),
+            out.stride(0) if out.dim() == 3 else 0)
+    consts = dict(TOP_K=plan.top_k, MUL_WEIGHT=topk_weights is not None, HAS_BIAS=plan.has_bias, BLOCK_N=c.BLOCK_N,
+                  SPLIT_K=c.SPLIT_K, STAGES=c.num_stages, WARPS=c.num_warps, num_warps=c.num_warps)
+    if c.KERNEL is Kernel.GLUON_PERSISTENT:
+        tiles = min(tiles, persistent_grid(plan.kernel, args, consts))
+    return plan.kernel[(tiles,)](*args, **consts)
+
+
+_RESIDENT: dict[tuple, int] = {}
+
+
+def persistent_grid(kernel, args: tuple, consts: dict) -> int:
+    """Programs of a persistent launch: the CTAs of ``kernel`` (compiled for these arguments) that fit on
+    the device at once, from its registers and shared memory (cached per compiled signature)."""
+    a, out = args[0], args[5]
+    key = (kernel, a.device, a.dtype, out.dtype, args[10], args[11], tuple(sorted(consts.items())))
+    if key not in _RESIDENT:
+        compiled = kernel.warmup(*args, grid=(1,), **consts)
+        compiled._init_handles()
+        props = torch.cuda.get_device_properties(a.device)
+        warps = consts["num_warps"]
+        regs_per_warp = -(-compiled.n_regs * 32 // 256) * 256  # allocated per warp in units of 256
+        by_regs = getattr(props, "regs_per_multiprocessor", 65536) // regs_per_warp // warps
+        smem_sm = getattr(props, "shared_memory_per_multiprocessor", 233472)
+        by_smem = smem_sm // (compiled.metadata.shared + 1024)  # 1 KB reserved per CTA
+        per_sm = max(1, min(by_regs, by_smem, 64 // warps, 32))
+        _RESIDENT[key] = per_sm * props.multi_processor_count
+    return _RESIDENT[key]
 
 
 def grouped_gemm(
