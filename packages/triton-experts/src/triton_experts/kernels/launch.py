@@ -243,18 +243,20 @@ def _run_gluon(plan: GemmPlan, *, a: torch.Tensor, out: torch.Tensor, topk_weigh
     consts = dict(TOP_K=plan.top_k, MUL_WEIGHT=topk_weights is not None, HAS_BIAS=plan.has_bias, BLOCK_N=c.BLOCK_N,
                   SPLIT_K=c.SPLIT_K, STAGES=c.num_stages, WARPS=c.num_warps, num_warps=c.num_warps)
     if c.KERNEL is Kernel.GLUON_PERSISTENT:
-        tiles = min(tiles, persistent_grid(plan.kernel, args, consts))
+        tiles = min(tiles, persistent_grid(plan.kernel, args, consts, shape=(plan.n, plan.k), a=a, out=out))
     return plan.kernel[(tiles,)](*args, **consts)
 
 
 _RESIDENT: dict[tuple, int] = {}
 
 
-def persistent_grid(kernel, args: tuple, consts: dict) -> int:
-    """Programs of a persistent launch: the CTAs of ``kernel`` (compiled for these arguments) that fit on
-    the device at once, from its registers and shared memory (cached per compiled signature)."""
-    a, out = args[0], args[5]
-    key = (kernel, a.device, a.dtype, out.dtype, args[10], args[11], tuple(sorted(consts.items())))
+def persistent_grid(kernel, args: tuple, consts: dict, *, shape: tuple[int, int], a: torch.Tensor,
+                    out: torch.Tensor) -> int:
+    """Programs of a persistent launch: the CTAs of ``kernel`` (compiled for ``args`` and ``consts``) that
+    fit on the device at once, from its registers and shared memory; cached per what selects the
+    compiled kernel: the GEMM's (N, K) ``shape`` (compile-time constants there), the dtypes of ``a``
+    and ``out``, the device and the constexprs."""
+    key = (kernel, a.device, a.dtype, out.dtype, shape, tuple(sorted(consts.items())))
     if key not in _RESIDENT:
         compiled = kernel.warmup(*args, grid=(1,), **consts)
         compiled._init_handles()
