@@ -12,6 +12,11 @@ torch._scaled_grouped_mm fp8 row-wise doing the same two expert GEMMs plus the a
 pre-sorted by expert; no alignment, quantization of the input or reduce counted for them), with
 the ratio peer_time / our_time (> 1 means we are faster).
 
+Decode rows (M <= 32) also replay the call from a CUDA graph (``graph_us``: one call per graph, so
+the graph's launch latency is in it); M = 1 rows also time a graph of up to 8 calls on disjoint
+expert sets (``per_layer_us``: as an engine's decode graph runs consecutive layers, each reading
+its own experts from HBM; the floor per call is the same k experts' bytes).
+
     python benchmarks/triton_experts/run.py [--models qwen3,mixtral,deepseek] [--m 1,8,...] [--schemes ...]
 """
 
@@ -98,6 +103,31 @@ def peer_inputs(x, ids, e):
     return rows.contiguous(), torch.cumsum(counts, 0).to(torch.int32)
 
 
+def layer_chain_ms(*, fn_for, e: int, k: int, layers: int = 8) -> tuple[float, int] | None:
+    """One token's call as an engine's decode graph runs it: ``layers`` calls (at most E / k) captured in
+    one CUDA graph, each routed to k experts no other call of the graph hits (so each reads its
+    weights from HBM, as consecutive layers do), L2 flushed before each replay; returns (time per
+    call, calls). The graph's own launch latency (~4.7 us on the H100, benchmarks/results/
+    triton_experts-decode_diag_s9-*) is paid once per graph here, once per call in ``graph_us``."""
+    import triton.testing
+
+    count = min(layers, e // k)
+    gen = torch.Generator(device="cuda").manual_seed(1234)
+    sets = torch.randperm(e, device="cuda", generator=gen)[:count * k].to(torch.int32).view(count, 1, k)
+    try:
+        for j in range(count):
+            fn_for(sets[j])
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for j in range(count):
+                fn_for(sets[j])
+        total = triton.testing.do_bench(graph.replay, warmup=25, rep=100, return_mode="median")
+    except Exception as exc:
+        print(f"  layer-chain graph failed: {type(exc).__name__}: {str(exc)[:100]}", flush=True)
+        return None
+    return total / count, count
+
+
 def bench_model(name: str, dims: dict, schemes: list[str], ms: list[int], bw: float) -> list[dict]:
     import triton.testing
 
@@ -140,6 +170,8 @@ def bench_model(name: str, dims: dict, schemes: list[str], ms: list[int], bw: fl
                     print(f"  graph capture failed: {type(exc).__name__}: {str(exc)[:100]}", flush=True)
             else:
                 row_graph_ms = None
+            layers_ms = layer_chain_ms(fn_for=lambda ids_j: kernel(hidden_states=x, topk_weights=tw, topk_ids=ids_j),
+                                       e=e, k=k) if m == 1 else None
             hit = int(torch.unique(ids).numel())
             bytes_hit = hit * per_expert
             floor_ms = bytes_hit / bw * 1e3
@@ -151,6 +183,10 @@ def bench_model(name: str, dims: dict, schemes: list[str], ms: list[int], bw: fl
             if row_graph_ms is not None:
                 row["graph_us"] = row_graph_ms * 1e3
                 row["graph_over_floor"] = row_graph_ms / floor_ms
+            if layers_ms is not None:
+                row["layers_in_graph"] = layers_ms[1]
+                row["per_layer_us"] = layers_ms[0] * 1e3
+                row["per_layer_over_floor"] = layers_ms[0] / floor_ms
             a, offs = peer_inputs(x, ids, e)
             if scheme == "bf16":
                 def peer():
@@ -188,6 +224,7 @@ def bench_model(name: str, dims: dict, schemes: list[str], ms: list[int], bw: fl
                   f"{row['peer']}: {row.get('peer_us', float('nan')):9.1f} us ratio {row.get('peer_over_ours', float('nan')):5.2f}"
                   f"{' ' + row['peer_error'] if 'peer_error' in row else ''}"
                   f"{' | graph {:.1f} us x{:.2f}'.format(row['graph_us'], row['graph_over_floor']) if 'graph_us' in row else ''}"
+                  f"{' | per layer of {} {:.1f} us x{:.2f}'.format(row['layers_in_graph'], row['per_layer_us'], row['per_layer_over_floor']) if 'per_layer_us' in row else ''}"
                   f" | tuned {row['tuned']}", flush=True)
         kernel = None  # free the experts before the next scheme
         torch.cuda.empty_cache()

@@ -5,7 +5,7 @@ GEMM2: N = H, K = I, with the top-k weight in its epilogue as the experts run it
 count M on random routing, keep the fastest, and write
 ``configs/E<E>_N<N>_K<K>_<variant>_<device>.json`` into the triton_experts package (or --out).
 Candidates depend on the rows each expert sees (M * top_k / E): one-row blocks on the CUDA cores
-and small tiles with deep pipelines (and split-K) for decode, large tiles for prefill. Both GEMMs
+(or, for int4, in the Gluon kernel's 16-row mma tile) and small tiles with deep pipelines (and split-K) for decode, large tiles for prefill. Both GEMMs
 of a call share one BLOCK_M (the row grouping): the pair with the lowest summed time wins. ``--jobs`` compiles the candidates in parallel processes first
 (the kernels do not specialize on the token count, so the compiled cache serves every M).
 
@@ -68,11 +68,13 @@ def candidates(scheme: str, rows_per_expert: int, k_granule: int, group: int) ->
                 continue
             out.append(LaunchConfig(1, bn, bk, 1, warps, stages, SPLIT_K=split))
     if scheme in GLUON_KERNELS and rows_per_expert <= 16 and group == 128:  # the Gluon decode kernels
-        for kernel in (Kernel.GLUON, Kernel.GLUON_PERSISTENT):  # (persistent: SPLIT_K must divide K / 128)
+        # (persistent: SPLIT_K must divide K / 128; direct rows, BLOCK_M 1: the per-tile kernel only)
+        forms = [(16, Kernel.GLUON), (16, Kernel.GLUON_PERSISTENT)] + [(1, Kernel.GLUON)] * (rows_per_expert <= 2)
+        for bm, kernel in forms:
             for bn, stages, split in itertools.product((64, 128, 256), (2, 3, 4), (1, 2, 4)):
-                out.append(LaunchConfig(16, bn, 128, 1, 4, stages, SPLIT_K=split, KERNEL=kernel))
+                out.append(LaunchConfig(bm, bn, 128, 1, 4, stages, SPLIT_K=split, KERNEL=kernel))
             for bn, stages, split in itertools.product((128, 256), (2, 3), (1, 2, 4)):  # 8 warps: 16-32 columns each
-                out.append(LaunchConfig(16, bn, 128, 1, 8, stages, SPLIT_K=split, KERNEL=kernel))
+                out.append(LaunchConfig(bm, bn, 128, 1, 8, stages, SPLIT_K=split, KERNEL=kernel))
     if 4 <= rows_per_expert <= 16:  # some experts span two row blocks: run those blocks together (L2)
         for bn, split, stages in itertools.product((128, 256), (1, 2, 4), (2, 3)):
             out.append(LaunchConfig(16, bn, 128, 8, 4, stages, SPLIT_K=split))

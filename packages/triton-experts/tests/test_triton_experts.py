@@ -340,21 +340,24 @@ def test_launch_config_names_its_kernel():
 @pytest.mark.parametrize(("split_k", "stages", "block_n"), [(1, 2, 64), (2, 3, 128)])
 @pytest.mark.parametrize("ep", [False, True], ids=["all-experts", "expert-map"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("kernel_name", ["gluon", "gluon_persistent"])
+@pytest.mark.parametrize(("kernel_name", "block_m"), [("gluon", 16), ("gluon", 1), ("gluon_persistent", 16)],
+                         ids=["gluon", "gluon-direct-rows", "gluon_persistent"])
 def test_gluon_decode_tiles_match_reference(tmp_path, monkeypatch, scheme, split_k, stages, block_n, ep, dtype,
-                                            kernel_name):
+                                            kernel_name, block_m):
     """A tuned ``KERNEL: gluon`` / ``gluon_persistent`` tile runs that Gluon decode kernel on an NVIDIA
     GPU (bias, padding row, an EP rank's expert map, split-K partials; the persistent grid held to 3
-    programs, so each walks several tiles and its copy ring runs across them) and the Triton kernel
-    with the same tile where Gluon cannot run (the interpreter); both against the reference experts."""
+    programs, so each walks several tiles and its copy ring runs across them; BLOCK_M 1: direct rows,
+    no alignment) and the Triton kernel with the same tile where Gluon cannot run (the interpreter);
+    both against the reference experts."""
     from triton_experts import tuning
+    from triton_experts.align import DirectRows, rows_for_experts
     from triton_experts.kernels import launch
     from triton_experts.tuning import Kernel
 
     e, h, i = 4, 256, 256  # two 128-k steps in each GEMM (split-K 2 splits both)
     _, weights, act = _case(tmp_path, scheme, e=e, h=h, i=i, bias=True, seed=split_k + stages)
-    cfg = {"BLOCK_M": 16, "BLOCK_N": block_n, "BLOCK_K": 128, "GROUP_M": 1, "num_warps": 4, "num_stages": stages,
-           "SPLIT_K": split_k, "KERNEL": kernel_name}
+    cfg = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": 128, "GROUP_M": 1, "num_warps": 4,
+           "num_stages": stages, "SPLIT_K": split_k, "KERNEL": kernel_name}
     monkeypatch.setattr(launch, "persistent_grid", lambda *args, **kwargs: 3)
     e_model = 2 * e if ep else e
     _write_configs(tmp_path / "configs", e=e_model, h=h, i=i, variant="int4_w4a16", cfg=cfg)
@@ -370,7 +373,10 @@ def test_gluon_decode_tiles_match_reference(tmp_path, monkeypatch, scheme, split
         assert out.dtype == dtype
         ran = Kernel(kernel_name) if ON_GPU and torch.version.hip is None else Kernel.TRITON
         assert [c.KERNEL for c, _ in kernel.experts.last_configs] == [ran, ran]
-        assert [c.SPLIT_K for c, _ in kernel.experts.last_configs] == [split_k, split_k]
+        assert [(c.SPLIT_K, c.BLOCK_M) for c, _ in kernel.experts.last_configs] == [(split_k, block_m)] * 2
+        rows = rows_for_experts(ids, num_local_experts=e, num_experts=e_model, block_m=block_m,
+                                expert_map=kernel.experts.expert_map)
+        assert isinstance(rows, DirectRows) == (block_m == 1)
         ref = reference(hidden_states=x.cpu(), topk_weights=tw.cpu(), topk_ids=ids.cpu())
         assert rel(out.cpu(), ref) < BOUND_VS_REFERENCE, scheme
         assert torch.all(out[1] == 0)  # the padding row
@@ -385,10 +391,15 @@ def test_gluon_tile_refusals_name_what_is_missing():
     w = torch.zeros(2, 2, 64, 64, dtype=torch.uint8, device=DEVICE)  # K tiles: E 2, K 256, N 64
     s = torch.ones(2, 64, 2, dtype=torch.bfloat16, device=DEVICE)
     z = torch.full((2, 64, 2), 8, dtype=torch.uint8, device=DEVICE)
-    one_row = LaunchConfig(1, 64, 128, 1, 4, 2, KERNEL=Kernel.GLUON)
-    with pytest.raises(ValueError, match="BLOCK_M=16 and BLOCK_K=128 \\(got 1 and 128\\)"):
+    eight_rows = LaunchConfig(8, 64, 128, 1, 4, 2, KERNEL=Kernel.GLUON)
+    with pytest.raises(ValueError, match="BLOCK_M=16 \\(aligned blocks\\) or 1 \\(direct rows\\) and BLOCK_K=128 "
+                                         "\\(got 8 and 128\\)"):
         plan_gemm(variant="int4_w4a16", weight=w, scale=s, zero=z, bias=None, top_k=2, n=64, k=256, group_k=128,
-                  config=one_row)
+                  config=eight_rows)
+    one_row_persistent = LaunchConfig(1, 64, 128, 1, 4, 2, KERNEL=Kernel.GLUON_PERSISTENT)
+    with pytest.raises(ValueError, match="gluon_persistent needs BLOCK_M=16 and BLOCK_K=128 \\(got 1 and 128\\)"):
+        plan_gemm(variant="int4_w4a16", weight=w, scale=s, zero=z, bias=None, top_k=2, n=64, k=256, group_k=128,
+                  config=one_row_persistent)
     tile = LaunchConfig(16, 64, 128, 1, 4, 2, KERNEL=Kernel.GLUON)
     with pytest.raises(ValueError, match="groups of 128 k \\(got 64\\)"):
         plan_gemm(variant="int4_w4a16", weight=w, scale=s, zero=z, bias=None, top_k=2, n=64, k=256, group_k=64,

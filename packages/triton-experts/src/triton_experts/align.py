@@ -29,16 +29,13 @@ import torch
 class Alignment:
     """``sorted_ids`` int32 [P_max] (P_max a multiple of block_m), ``expert_ids`` int32 [P_max /
     block_m] (the local expert of each block, -1 past the end), ``num_post_padded`` int32 [1] (the
-    real padded length P, on the device), ``num_valid`` = M * k (the sentinel), and
-    ``ids_in_range`` int32 [1] on the device: 1 when every id was below the global expert count
-    (always 1 when the torch form is not given one), else 0, for a device-side assertion."""
+    real padded length P, on the device) and ``num_valid`` = M * k (the sentinel)."""
 
     sorted_ids: torch.Tensor
     expert_ids: torch.Tensor
     num_post_padded: torch.Tensor
     num_valid: int
     block_m: int
-    ids_in_range: torch.Tensor | None = None
 
 
 def align_by_expert(topk_ids: torch.Tensor, *, num_local_experts: int, block_m: int,
@@ -74,12 +71,10 @@ def align_by_expert(topk_ids: torch.Tensor, *, num_local_experts: int, block_m: 
     block_starts = torch.arange(0, cap, block_m, device=device)
     block_expert = torch.searchsorted(ends, block_starts, right=True)
     expert_ids = torch.where(block_expert < e, block_expert, torch.full_like(block_expert, -1)).to(torch.int32)
-    all_in_range = (flat < num_experts).all() if num_experts is not None else torch.ones((), dtype=torch.bool,
-                                                                                          device=device)
     return Alignment(sorted_ids=sorted_ids[:cap], expert_ids=expert_ids,
                      num_post_padded=ends[-1:].to(torch.int32) if e else torch.zeros(1, dtype=torch.int32,
                                                                                    device=device),
-                     num_valid=num_valid, block_m=block_m, ids_in_range=all_in_range.to(torch.int32).reshape(1))
+                     num_valid=num_valid, block_m=block_m)
 
 
 def padded_capacity(num_valid: int, num_local_experts: int, block_m: int) -> int:
@@ -114,17 +109,16 @@ def align_by_expert_triton(topk_ids: torch.Tensor, *, num_local_experts: int, nu
     cap = padded_capacity(num_valid, e, block_m)
     num_blocks = cap // block_m
     nb = _next_pow2(e + 1)
-    buf = torch.empty(cap + num_blocks + 2 + nb, dtype=torch.int32, device=flat.device)
+    buf = torch.empty(cap + num_blocks + 1 + nb, dtype=torch.int32, device=flat.device)
     sorted_ids = buf[:cap]
     expert_ids = buf[cap:cap + num_blocks]
     num_post_padded = buf[cap + num_blocks:cap + num_blocks + 1]
-    in_range = buf[cap + num_blocks + 1:cap + num_blocks + 2]
-    cursor = buf[cap + num_blocks + 2:]
+    cursor = buf[cap + num_blocks + 1:]
     align_rows[(1,)](flat, expert_map if expert_map is not None else cursor, sorted_ids, expert_ids, num_post_padded,
-                     cursor, in_range, num_valid, cap, num_blocks, num_experts, e, HAS_MAP=expert_map is not None,
+                     cursor, num_valid, cap, num_blocks, num_experts, e, HAS_MAP=expert_map is not None,
                      BLOCK_M=block_m, NB=nb, BLOCK=1024, BLOCK_B=max(1, min(64, 16384 // nb)), num_warps=8)
     return Alignment(sorted_ids=sorted_ids, expert_ids=expert_ids, num_post_padded=num_post_padded,
-                     num_valid=num_valid, block_m=block_m, ids_in_range=in_range)
+                     num_valid=num_valid, block_m=block_m)
 
 
 # (token, slot) rows up to which the one-program Triton alignment runs: on the H100 it is faster than
@@ -149,8 +143,7 @@ class DirectRows:
     """No grouping (kernels with BLOCK_M = 1): GEMM block r is (token, slot) row r of the flat
     ``topk_ids``, and each program looks its row's expert up itself (through ``expert_map``: -1 = not
     on this rank), skipping negative ids, ids at or past ``num_experts`` and other ranks' experts.
-    Nothing runs before the GEMMs; every launch also writes ``ids_in_range`` (int32 [1]: 1 when every
-    id is below ``num_experts``) for the device-side assertion. One token's (distinct) top-k experts
+    Nothing runs before the GEMMs. One token's (distinct) top-k experts
     are each read once; at more tokens, an expert hit by several tokens is read once per row (from
     L2 when those programs run together)."""
 
@@ -159,19 +152,17 @@ class DirectRows:
     num_valid: int
     num_experts: int
     num_local_experts: int
-    ids_in_range: torch.Tensor
     block_m: ClassVar[int] = 1  # (as :class:`Alignment`'s field: the BLOCK_M these rows serve)
 
 
 def direct_rows(topk_ids: torch.Tensor, *, num_local_experts: int, num_experts: int,
                 expert_map: torch.Tensor | None = None) -> DirectRows:
-    """:class:`DirectRows` for ``topk_ids`` [M, k] (int32 or int64): no launch, one 4-byte buffer."""
+    """:class:`DirectRows` for ``topk_ids`` [M, k] (int32 or int64): no launch."""
     flat = topk_ids.reshape(-1)
     if not flat.is_contiguous():
         flat = flat.contiguous()
     return DirectRows(topk_ids=flat, expert_map=expert_map, num_valid=flat.numel(), num_experts=num_experts,
-                      num_local_experts=num_local_experts,
-                      ids_in_range=torch.empty(1, dtype=torch.int32, device=flat.device))
+                      num_local_experts=num_local_experts)
 
 
 def rows_for_experts(topk_ids: torch.Tensor, *, num_local_experts: int, num_experts: int, block_m: int,

@@ -4,8 +4,12 @@
 Same contract as the Triton variant's codes path in ``_generated_moe.py`` (16-row blocks of one
 expert from ``sorted_ids``, ``C[row, n] = sum_k A[row // TOP_K, k] * W[e, n, k]``, bias, top-k
 weight, SPLIT_K float32 partials ``stride_cs`` apart), restricted to what decode runs: K tiles of 64
-bytes (``[E, K/128, N, 64]``, low nibble = even k), groups of 128 k, BLOCK_M = 16, BLOCK_K = 128,
-bf16 or fp16 activations, NVIDIA sm80 or newer (cp.async, mma.sync).
+bytes (``[E, K/128, N, 64]``, low nibble = even k), groups of 128 k, BLOCK_K = 128, bf16 or fp16
+activations, NVIDIA sm80 or newer (cp.async, mma.sync). With DIRECT (the per-tile kernel only) there is
+no alignment, as in the Triton kernel's one-row blocks: block r is (token, slot) row r of the flat
+top-k ids (passed as ``expert_ids_ptr``), its expert looked up by the program (``expert_map`` when
+HAS_MAP), and the mma tile's other 15 rows are zeros: one token's top-k experts at M = 1 need no
+alignment launch.
 
 Why Gluon: Triton keeps a whole dequantized [BLOCK_N, 128] tile in registers (255 per thread at
 BLOCK_N 256: two CTAs per SM, latency-bound; benchmarks/results/triton_experts-int4_decode_limits-*).
@@ -145,12 +149,37 @@ def _group_scales(b_scale_ptr, b_zero_ptr, sz, n_mask, dtype: gl.constexpr):
 
 
 @gluon.jit
+def _block_rows(sorted_ids_ptr, blk, num_valid, layout: gl.constexpr, BLOCK_M: gl.constexpr, DIRECT: gl.constexpr):
+    """The (token, slot) rows of block ``blk`` (``num_valid``: none): from ``sorted_ids``, or (DIRECT) row
+    ``blk`` alone."""
+    r = gl.arange(0, BLOCK_M, layout=layout)
+    if DIRECT:
+        rows = gl.where(r == 0, blk, num_valid)
+    else:
+        rows = gl.load(sorted_ids_ptr + blk * BLOCK_M + r)
+    return rows
+
+
+@gluon.jit
+def _direct_expert(ids_ptr, emap_ptr, row, E_GLOBAL, E_LOCAL, HAS_MAP: gl.constexpr):
+    """The local expert of (token, slot) row ``row`` of the flat top-k ids, -1 when it is not computed
+    here (padding id < 0, an id past E_GLOBAL, another rank's expert)."""
+    g = gl.load(ids_ptr + row).to(gl.int32)
+    inside = (g >= 0) & (g < E_GLOBAL)
+    if HAS_MAP:
+        local = gl.load(emap_ptr + gl.where(inside, g, 0)).to(gl.int32)
+    else:
+        local = g
+    return gl.where(inside & (local >= 0) & (local < E_LOCAL), local, -1)
+
+
+@gluon.jit
 def _store_tile(acc, c_ptr, bias_ptr, topk_weights_ptr, sorted_ids_ptr, blk, expert, split, offs_n, n_mask,
                 num_valid, stride_biase, stride_biasn, stride_cm, stride_cn, stride_cs, MUL_WEIGHT: gl.constexpr,
-                HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, WARPS: gl.constexpr):
+                HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, WARPS: gl.constexpr, DIRECT: gl.constexpr):
     """The epilogue of one tile: + bias (split 0's partial only), * top-k weight, store the block's real rows."""
     row_l: gl.constexpr = gl.SliceLayout(1, _mma_layout(WARPS))
-    rows = gl.load(sorted_ids_ptr + blk * BLOCK_M + gl.arange(0, BLOCK_M, layout=row_l)).to(gl.int64)
+    rows = _block_rows(sorted_ids_ptr, blk, num_valid, row_l, BLOCK_M, DIRECT).to(gl.int64)
     row_mask = rows < num_valid
     if HAS_BIAS:
         bias = gl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask & (split == 0),
@@ -185,18 +214,19 @@ def _issue_unit_step(w_buf, a_buf, u, t, units, b_ptr, a_pairs, sorted_ids_ptr, 
     async_copy.async_copy_global_to_shared(a_buf, a_src, mask=(a_ids < num_valid)[:, None] & (a_cols < 64)[None, :])
 
 
-@gluon.jit(do_not_specialize=["num_valid"])
+@gluon.jit(do_not_specialize=["num_valid", "E_GLOBAL", "E_LOCAL"])
 def moe_gemm_int4_w4a16_gluon(
     a_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr, sorted_ids_ptr, expert_ids_ptr,
-    num_post_padded_ptr,
-    N, K, KT, num_valid,
+    num_post_padded_ptr, emap_ptr,
+    N, K, KT, num_valid, E_GLOBAL, E_LOCAL,
     stride_am, stride_bse, stride_bsn, stride_bsk, stride_biase, stride_biasn, stride_cm, stride_cn, stride_cs,
     TOP_K: gl.constexpr, MUL_WEIGHT: gl.constexpr, HAS_BIAS: gl.constexpr, BLOCK_N: gl.constexpr,
-    SPLIT_K: gl.constexpr, STAGES: gl.constexpr, WARPS: gl.constexpr,
+    SPLIT_K: gl.constexpr, STAGES: gl.constexpr, WARPS: gl.constexpr, DIRECT: gl.constexpr, HAS_MAP: gl.constexpr,
 ):
     """Variant ``int4_w4a16``: A bf16 (or fp16), W int_group (4-bit) in 64-byte K tiles (KT
     = K / 128 of them); one program per (16-row block, BLOCK_N columns, K split) tile; launch with
-    ``num_warps=WARPS`` (side by side along N)."""
+    ``num_warps=WARPS`` (side by side along N). DIRECT: blocks are the rows of the flat top-k ids
+    (``expert_ids_ptr``; ``sorted_ids_ptr`` and ``num_post_padded_ptr`` unused), one row each."""
     BLOCK_M: gl.constexpr = 16
     dtype: gl.constexpr = a_ptr.dtype.element_ty
     mma: gl.constexpr = _mma_layout(WARPS)
@@ -212,9 +242,12 @@ def moe_gemm_int4_w4a16_gluon(
     num_pid_n = gl.cdiv(N, BLOCK_N)
     pid_m = pid // num_pid_n
     pid_n = pid % num_pid_n
-    if pid_m * BLOCK_M >= gl.load(num_post_padded_ptr):
-        return
-    expert = gl.load(expert_ids_ptr + pid_m).to(gl.int64)
+    if DIRECT:
+        expert = _direct_expert(expert_ids_ptr, emap_ptr, pid_m, E_GLOBAL, E_LOCAL, HAS_MAP).to(gl.int64)
+    else:
+        if pid_m * BLOCK_M >= gl.load(num_post_padded_ptr):
+            return
+        expert = gl.load(expert_ids_ptr + pid_m).to(gl.int64)
     if expert < 0:
         return
     k_steps = K // 128
@@ -226,7 +259,7 @@ def moe_gemm_int4_w4a16_gluon(
     w_cols = gl.arange(0, 64, layout=gl.SliceLayout(0, w_cp))
     w_mask = (w_rows < N)[:, None] & (w_cols < 64)[None, :]
     w_tile = b_ptr + (expert * KT + k_first) * N * 64 + w_rows.to(gl.int64)[:, None] * 64 + w_cols[None, :]
-    a_ids = gl.load(sorted_ids_ptr + pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, a_cp)))
+    a_ids = _block_rows(sorted_ids_ptr, pid_m, num_valid, gl.SliceLayout(1, a_cp), BLOCK_M, DIRECT)
     a_cols = gl.arange(0, 64, layout=gl.SliceLayout(0, a_cp))
     a_mask = (a_ids < num_valid)[:, None] & (a_cols < 64)[None, :]
     a_pairs = a_ptr.to(gl.pointer_type(gl.int32), bitcast=True)
@@ -260,23 +293,25 @@ def moe_gemm_int4_w4a16_gluon(
     async_copy.wait_group(0)
     _store_tile(acc, c_ptr, bias_ptr, topk_weights_ptr, sorted_ids_ptr, pid_m, expert, split, offs_n, n_mask,
                 num_valid, stride_biase, stride_biasn, stride_cm, stride_cn, stride_cs, MUL_WEIGHT, HAS_BIAS, BLOCK_M,
-                WARPS)
+                WARPS, DIRECT)
 
 
-@gluon.jit(do_not_specialize=["num_valid"])
+@gluon.jit(do_not_specialize=["num_valid", "E_GLOBAL", "E_LOCAL"])
 def moe_gemm_int4_w4a16_gluon_persistent(
     a_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr, sorted_ids_ptr, expert_ids_ptr,
-    num_post_padded_ptr,
-    N: gl.constexpr, K: gl.constexpr, KT: gl.constexpr, num_valid,
+    num_post_padded_ptr, emap_ptr,
+    N: gl.constexpr, K: gl.constexpr, KT: gl.constexpr, num_valid, E_GLOBAL, E_LOCAL,
     stride_am, stride_bse, stride_bsn, stride_bsk, stride_biase, stride_biasn, stride_cm, stride_cn, stride_cs,
     TOP_K: gl.constexpr, MUL_WEIGHT: gl.constexpr, HAS_BIAS: gl.constexpr, BLOCK_N: gl.constexpr,
-    SPLIT_K: gl.constexpr, STAGES: gl.constexpr, WARPS: gl.constexpr,
+    SPLIT_K: gl.constexpr, STAGES: gl.constexpr, WARPS: gl.constexpr, DIRECT: gl.constexpr, HAS_MAP: gl.constexpr,
 ):
     """:func:`moe_gemm_int4_w4a16_gluon` with a grid of at most the CTAs resident at once: program p walks
     the units p, p + grid, ... (unit = 16-row block x BLOCK_N columns x K split; SPLIT_K divides K / 128)
     in one flat loop of 128-k steps, so its cp.async ring runs on from one unit into the next (no
     pipeline ramp per tile, no partial last wave). Units come from the real padded length on the device;
-    N, K are compile-time constants here (unit coordinates by multiplication, not division)."""
+    N, K are compile-time constants here (unit coordinates by multiplication, not division). Aligned
+    blocks only (DIRECT would walk the units of skipped rows too)."""
+    gl.static_assert(not DIRECT, "the persistent kernel takes aligned blocks, not direct rows")
     BLOCK_M: gl.constexpr = 16
     k_per: gl.constexpr = KT // SPLIT_K
     num_pid_n: gl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
@@ -334,7 +369,7 @@ def moe_gemm_int4_w4a16_gluon_persistent(
         if t == k_per:  # the unit's last step: its epilogue, then the next unit
             _store_tile(acc, c_ptr, bias_ptr, topk_weights_ptr, sorted_ids_ptr, blk, expert, split, offs_n, n_mask,
                         num_valid, stride_biase, stride_biasn, stride_cm, stride_cn, stride_cs, MUL_WEIGHT, HAS_BIAS,
-                        BLOCK_M, WARPS)
+                        BLOCK_M, WARPS, False)
             acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, mma)
             t = 0
             u += grid

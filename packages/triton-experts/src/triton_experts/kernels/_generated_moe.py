@@ -13,8 +13,7 @@ contiguous block, which streams from HBM about 20% faster than K_TILE-byte piece
 Scales multiply. EVEN_K (K a multiple of BLOCK_K, required by the packed and grouped variants) drops
 the K masks. BLOCK_M < 16 (decode, an expert or two per token) multiplies on the CUDA cores instead of
 tl.dot (which needs 16 rows); with BLOCK_M = 1 and DIRECT there is no alignment at all: block r is row
-r of the flat top-k ids, whose expert the program looks up itself (``expert_map`` when HAS_MAP), and
-the first program writes ``in_range`` (1 when every id is below E_GLOBAL) for the caller's assertion.
+r of the flat top-k ids, whose expert the program looks up itself (``expert_map`` when HAS_MAP).
 """
 
 from __future__ import annotations
@@ -65,17 +64,6 @@ def _dot_acc(a, b, acc, UPCAST: tl.constexpr, FMA: tl.constexpr):
     else:
         out = tl.dot(a, b, acc)
     return out
-
-
-@triton.jit
-def _ids_in_range(ids_ptr, in_range_ptr, num_valid, E_GLOBAL):
-    """in_range[0] = 1 when every one of the num_valid ids is below E_GLOBAL, else 0."""
-    bad = tl.zeros((256,), dtype=tl.int32)
-    for start in range(0, num_valid, 256):
-        offs = start + tl.arange(0, 256)
-        g = tl.load(ids_ptr + offs, mask=offs < num_valid, other=0)
-        bad = tl.maximum(bad, (g >= E_GLOBAL).to(tl.int32))
-    tl.store(in_range_ptr, 1 - tl.max(bad, 0))
 
 
 @triton.jit
@@ -153,7 +141,7 @@ def _e2m1(code):
 def moe_gemm_bf16(
     # pointers (DIRECT: expert_ids_ptr = the flat top-k ids, sorted_ids_ptr / num_post_padded_ptr unused)
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
-    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr, in_range_ptr,
+    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr,
     # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
     N, K, num_valid, num_m_blocks, E_GLOBAL, E_LOCAL,
     # strides
@@ -187,9 +175,6 @@ def moe_gemm_bf16(
     pid = pid // SPLIT_K
     FMA: tl.constexpr = BLOCK_M < 16  # fewer rows than tl.dot takes: CUDA-core multiply-adds (see _dot)
     tl.static_assert(BLOCK_M == 1 or not DIRECT, "direct rows are one-row blocks")
-    if DIRECT:  # noqa: SIM102  (BLOCK_M = 1) the first program also reports whether every id is < E_GLOBAL
-        if pid == 0 and split == 0:
-            _ids_in_range(expert_ids_ptr, in_range_ptr, num_valid, E_GLOBAL)
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
@@ -199,7 +184,7 @@ def moe_gemm_bf16(
     pid_n = (pid % (GROUP_M * num_pid_n)) // size_m
     if DIRECT:
         # no alignment: block pid_m is (token, slot) row pid_m; its expert looked up here (other ranks'
-        # experts, padding ids < 0 and ids past E_GLOBAL, which the range flag reports, are skipped)
+        # experts, padding ids < 0 and ids past E_GLOBAL, which reduce_topk asserts on, are skipped)
         rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
         row_mask = rows < num_valid
         gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
@@ -260,7 +245,7 @@ def moe_gemm_bf16(
 def moe_gemm_fp8_tensor(
     # pointers (DIRECT: expert_ids_ptr = the flat top-k ids, sorted_ids_ptr / num_post_padded_ptr unused)
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
-    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr, in_range_ptr,
+    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr,
     # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
     N, K, num_valid, num_m_blocks, E_GLOBAL, E_LOCAL,
     # strides
@@ -294,9 +279,6 @@ def moe_gemm_fp8_tensor(
     pid = pid // SPLIT_K
     FMA: tl.constexpr = BLOCK_M < 16  # fewer rows than tl.dot takes: CUDA-core multiply-adds (see _dot)
     tl.static_assert(BLOCK_M == 1 or not DIRECT, "direct rows are one-row blocks")
-    if DIRECT:  # noqa: SIM102  (BLOCK_M = 1) the first program also reports whether every id is < E_GLOBAL
-        if pid == 0 and split == 0:
-            _ids_in_range(expert_ids_ptr, in_range_ptr, num_valid, E_GLOBAL)
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
@@ -306,7 +288,7 @@ def moe_gemm_fp8_tensor(
     pid_n = (pid % (GROUP_M * num_pid_n)) // size_m
     if DIRECT:
         # no alignment: block pid_m is (token, slot) row pid_m; its expert looked up here (other ranks'
-        # experts, padding ids < 0 and ids past E_GLOBAL, which the range flag reports, are skipped)
+        # experts, padding ids < 0 and ids past E_GLOBAL, which reduce_topk asserts on, are skipped)
         rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
         row_mask = rows < num_valid
         gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
@@ -368,7 +350,7 @@ def moe_gemm_fp8_tensor(
 def moe_gemm_fp8_channel(
     # pointers (DIRECT: expert_ids_ptr = the flat top-k ids, sorted_ids_ptr / num_post_padded_ptr unused)
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
-    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr, in_range_ptr,
+    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr,
     # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
     N, K, num_valid, num_m_blocks, E_GLOBAL, E_LOCAL,
     # strides
@@ -402,9 +384,6 @@ def moe_gemm_fp8_channel(
     pid = pid // SPLIT_K
     FMA: tl.constexpr = BLOCK_M < 16  # fewer rows than tl.dot takes: CUDA-core multiply-adds (see _dot)
     tl.static_assert(BLOCK_M == 1 or not DIRECT, "direct rows are one-row blocks")
-    if DIRECT:  # noqa: SIM102  (BLOCK_M = 1) the first program also reports whether every id is < E_GLOBAL
-        if pid == 0 and split == 0:
-            _ids_in_range(expert_ids_ptr, in_range_ptr, num_valid, E_GLOBAL)
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
@@ -414,7 +393,7 @@ def moe_gemm_fp8_channel(
     pid_n = (pid % (GROUP_M * num_pid_n)) // size_m
     if DIRECT:
         # no alignment: block pid_m is (token, slot) row pid_m; its expert looked up here (other ranks'
-        # experts, padding ids < 0 and ids past E_GLOBAL, which the range flag reports, are skipped)
+        # experts, padding ids < 0 and ids past E_GLOBAL, which reduce_topk asserts on, are skipped)
         rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
         row_mask = rows < num_valid
         gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
@@ -478,7 +457,7 @@ def moe_gemm_fp8_channel(
 def moe_gemm_fp8_block(
     # pointers (DIRECT: expert_ids_ptr = the flat top-k ids, sorted_ids_ptr / num_post_padded_ptr unused)
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
-    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr, in_range_ptr,
+    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr,
     # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
     N, K, num_valid, num_m_blocks, E_GLOBAL, E_LOCAL,
     # strides
@@ -512,9 +491,6 @@ def moe_gemm_fp8_block(
     pid = pid // SPLIT_K
     FMA: tl.constexpr = BLOCK_M < 16  # fewer rows than tl.dot takes: CUDA-core multiply-adds (see _dot)
     tl.static_assert(BLOCK_M == 1 or not DIRECT, "direct rows are one-row blocks")
-    if DIRECT:  # noqa: SIM102  (BLOCK_M = 1) the first program also reports whether every id is < E_GLOBAL
-        if pid == 0 and split == 0:
-            _ids_in_range(expert_ids_ptr, in_range_ptr, num_valid, E_GLOBAL)
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
@@ -524,7 +500,7 @@ def moe_gemm_fp8_block(
     pid_n = (pid % (GROUP_M * num_pid_n)) // size_m
     if DIRECT:
         # no alignment: block pid_m is (token, slot) row pid_m; its expert looked up here (other ranks'
-        # experts, padding ids < 0 and ids past E_GLOBAL, which the range flag reports, are skipped)
+        # experts, padding ids < 0 and ids past E_GLOBAL, which reduce_topk asserts on, are skipped)
         rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
         row_mask = rows < num_valid
         gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
@@ -588,7 +564,7 @@ def moe_gemm_fp8_block(
 def moe_gemm_int8_w8a8(
     # pointers (DIRECT: expert_ids_ptr = the flat top-k ids, sorted_ids_ptr / num_post_padded_ptr unused)
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
-    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr, in_range_ptr,
+    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr,
     # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
     N, K, num_valid, num_m_blocks, E_GLOBAL, E_LOCAL,
     # strides
@@ -622,9 +598,6 @@ def moe_gemm_int8_w8a8(
     pid = pid // SPLIT_K
     FMA: tl.constexpr = BLOCK_M < 16  # fewer rows than tl.dot takes: CUDA-core multiply-adds (see _dot)
     tl.static_assert(BLOCK_M == 1 or not DIRECT, "direct rows are one-row blocks")
-    if DIRECT:  # noqa: SIM102  (BLOCK_M = 1) the first program also reports whether every id is < E_GLOBAL
-        if pid == 0 and split == 0:
-            _ids_in_range(expert_ids_ptr, in_range_ptr, num_valid, E_GLOBAL)
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
@@ -634,7 +607,7 @@ def moe_gemm_int8_w8a8(
     pid_n = (pid % (GROUP_M * num_pid_n)) // size_m
     if DIRECT:
         # no alignment: block pid_m is (token, slot) row pid_m; its expert looked up here (other ranks'
-        # experts, padding ids < 0 and ids past E_GLOBAL, which the range flag reports, are skipped)
+        # experts, padding ids < 0 and ids past E_GLOBAL, which reduce_topk asserts on, are skipped)
         rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
         row_mask = rows < num_valid
         gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
@@ -698,7 +671,7 @@ def moe_gemm_int8_w8a8(
 def moe_gemm_int4_w4a16(
     # pointers (DIRECT: expert_ids_ptr = the flat top-k ids, sorted_ids_ptr / num_post_padded_ptr unused)
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
-    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr, in_range_ptr,
+    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr,
     # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
     N, K, num_valid, num_m_blocks, E_GLOBAL, E_LOCAL,
     # strides
@@ -732,9 +705,6 @@ def moe_gemm_int4_w4a16(
     pid = pid // SPLIT_K
     FMA: tl.constexpr = BLOCK_M < 16  # fewer rows than tl.dot takes: CUDA-core multiply-adds (see _dot)
     tl.static_assert(BLOCK_M == 1 or not DIRECT, "direct rows are one-row blocks")
-    if DIRECT:  # noqa: SIM102  (BLOCK_M = 1) the first program also reports whether every id is < E_GLOBAL
-        if pid == 0 and split == 0:
-            _ids_in_range(expert_ids_ptr, in_range_ptr, num_valid, E_GLOBAL)
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
@@ -744,7 +714,7 @@ def moe_gemm_int4_w4a16(
     pid_n = (pid % (GROUP_M * num_pid_n)) // size_m
     if DIRECT:
         # no alignment: block pid_m is (token, slot) row pid_m; its expert looked up here (other ranks'
-        # experts, padding ids < 0 and ids past E_GLOBAL, which the range flag reports, are skipped)
+        # experts, padding ids < 0 and ids past E_GLOBAL, which reduce_topk asserts on, are skipped)
         rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
         row_mask = rows < num_valid
         gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
@@ -834,7 +804,7 @@ def moe_gemm_int4_w4a16(
 def moe_gemm_int8_w8a16(
     # pointers (DIRECT: expert_ids_ptr = the flat top-k ids, sorted_ids_ptr / num_post_padded_ptr unused)
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
-    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr, in_range_ptr,
+    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr,
     # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
     N, K, num_valid, num_m_blocks, E_GLOBAL, E_LOCAL,
     # strides
@@ -868,9 +838,6 @@ def moe_gemm_int8_w8a16(
     pid = pid // SPLIT_K
     FMA: tl.constexpr = BLOCK_M < 16  # fewer rows than tl.dot takes: CUDA-core multiply-adds (see _dot)
     tl.static_assert(BLOCK_M == 1 or not DIRECT, "direct rows are one-row blocks")
-    if DIRECT:  # noqa: SIM102  (BLOCK_M = 1) the first program also reports whether every id is < E_GLOBAL
-        if pid == 0 and split == 0:
-            _ids_in_range(expert_ids_ptr, in_range_ptr, num_valid, E_GLOBAL)
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
@@ -880,7 +847,7 @@ def moe_gemm_int8_w8a16(
     pid_n = (pid % (GROUP_M * num_pid_n)) // size_m
     if DIRECT:
         # no alignment: block pid_m is (token, slot) row pid_m; its expert looked up here (other ranks'
-        # experts, padding ids < 0 and ids past E_GLOBAL, which the range flag reports, are skipped)
+        # experts, padding ids < 0 and ids past E_GLOBAL, which reduce_topk asserts on, are skipped)
         rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
         row_mask = rows < num_valid
         gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
@@ -948,7 +915,7 @@ def moe_gemm_int8_w8a16(
 def moe_gemm_mxfp8(
     # pointers (DIRECT: expert_ids_ptr = the flat top-k ids, sorted_ids_ptr / num_post_padded_ptr unused)
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
-    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr, in_range_ptr,
+    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr,
     # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
     N, K, num_valid, num_m_blocks, E_GLOBAL, E_LOCAL,
     # strides
@@ -982,9 +949,6 @@ def moe_gemm_mxfp8(
     pid = pid // SPLIT_K
     FMA: tl.constexpr = BLOCK_M < 16  # fewer rows than tl.dot takes: CUDA-core multiply-adds (see _dot)
     tl.static_assert(BLOCK_M == 1 or not DIRECT, "direct rows are one-row blocks")
-    if DIRECT:  # noqa: SIM102  (BLOCK_M = 1) the first program also reports whether every id is < E_GLOBAL
-        if pid == 0 and split == 0:
-            _ids_in_range(expert_ids_ptr, in_range_ptr, num_valid, E_GLOBAL)
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
@@ -994,7 +958,7 @@ def moe_gemm_mxfp8(
     pid_n = (pid % (GROUP_M * num_pid_n)) // size_m
     if DIRECT:
         # no alignment: block pid_m is (token, slot) row pid_m; its expert looked up here (other ranks'
-        # experts, padding ids < 0 and ids past E_GLOBAL, which the range flag reports, are skipped)
+        # experts, padding ids < 0 and ids past E_GLOBAL, which reduce_topk asserts on, are skipped)
         rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
         row_mask = rows < num_valid
         gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
@@ -1059,7 +1023,7 @@ def moe_gemm_mxfp8(
 def moe_gemm_mxfp4(
     # pointers (DIRECT: expert_ids_ptr = the flat top-k ids, sorted_ids_ptr / num_post_padded_ptr unused)
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
-    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr, in_range_ptr,
+    sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr,
     # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
     N, K, num_valid, num_m_blocks, E_GLOBAL, E_LOCAL,
     # strides
@@ -1093,9 +1057,6 @@ def moe_gemm_mxfp4(
     pid = pid // SPLIT_K
     FMA: tl.constexpr = BLOCK_M < 16  # fewer rows than tl.dot takes: CUDA-core multiply-adds (see _dot)
     tl.static_assert(BLOCK_M == 1 or not DIRECT, "direct rows are one-row blocks")
-    if DIRECT:  # noqa: SIM102  (BLOCK_M = 1) the first program also reports whether every id is < E_GLOBAL
-        if pid == 0 and split == 0:
-            _ids_in_range(expert_ids_ptr, in_range_ptr, num_valid, E_GLOBAL)
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
@@ -1105,7 +1066,7 @@ def moe_gemm_mxfp4(
     pid_n = (pid % (GROUP_M * num_pid_n)) // size_m
     if DIRECT:
         # no alignment: block pid_m is (token, slot) row pid_m; its expert looked up here (other ranks'
-        # experts, padding ids < 0 and ids past E_GLOBAL, which the range flag reports, are skipped)
+        # experts, padding ids < 0 and ids past E_GLOBAL, which reduce_topk asserts on, are skipped)
         rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
         row_mask = rows < num_valid
         gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)

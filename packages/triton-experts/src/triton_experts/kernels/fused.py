@@ -6,7 +6,10 @@
 * ``act_quant``: the expert activation (or none) fused with the dynamic activation quantization
   of the next GEMM's input (fp8 e4m3 per 1xG group or per token, or a plain cast).
 * ``reduce_topk``: the sum over each token's k slots of GEMM2's rows, skipping slots that were
-  never computed (padding ids, other ranks' experts, ids past the expert count), cast to the output dtype.
+  never computed (padding ids, other ranks' experts), cast to the output dtype; it is also where a
+  GPU checks the ids: an id at or past the expert count fails a device-side assertion (the last
+  launch of a call reads every id anyway, so the check costs no launch of its own; the GEMMs before
+  it skip such ids).
 
 Expert validity is one rule in all of them: a global id ``g`` is local expert ``expert_map[g]`` when
 ``0 <= g < E_GLOBAL`` and the map holds a value >= 0 (without a map: ``g`` itself when ``g < E_LOCAL``).
@@ -35,24 +38,21 @@ def _local_expert(g, emap_ptr, mask, E_GLOBAL, E_LOCAL, HAS_MAP: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["num_valid", "cap", "num_blocks"])
-def align_rows(ids_ptr, emap_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, cursor_ptr, in_range_ptr,
+def align_rows(ids_ptr, emap_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, cursor_ptr,
                num_valid, cap, num_blocks, E_GLOBAL, E_LOCAL,
                HAS_MAP: tl.constexpr, BLOCK_M: tl.constexpr, NB: tl.constexpr, BLOCK: tl.constexpr,
                BLOCK_B: tl.constexpr):
     """One program, one launch: per-expert counts, padded run starts (into ``cursor``), the expert
     of every BLOCK_M block (-1 past the end), the padded length, ``sorted_ids`` filled with the
     sentinel; then every kept row takes the next slot of its expert's run (an atomic cursor).
-    ``in_range``: 1 when every id is below E_GLOBAL, else 0 (for the caller's device assertion)."""
+    Ids at or past E_GLOBAL are left out (``reduce_topk`` asserts on them)."""
     counts = tl.zeros((NB,), dtype=tl.int32)
-    too_big = tl.zeros((BLOCK,), dtype=tl.int32)
     for start in range(0, num_valid, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         mask = offs < num_valid
         g = tl.load(ids_ptr + offs, mask=mask, other=-1).to(tl.int32)
-        too_big = tl.maximum(too_big, (g >= E_GLOBAL).to(tl.int32))
         local = _local_expert(g, emap_ptr, mask, E_GLOBAL, E_LOCAL, HAS_MAP)
         counts += tl.histogram(tl.where(local >= 0, local, NB - 1), NB)
-    tl.store(in_range_ptr, 1 - tl.max(too_big, 0))
     bins = tl.arange(0, NB)
     counts = tl.where(bins < E_LOCAL, counts, 0)
     padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
@@ -164,17 +164,20 @@ def act_quant(x_ptr, q_ptr, s_ptr, WIDTH, stride_xm, stride_xp, stride_qm, strid
         tl.store(s_ptr + row * stride_sm + groups, scale, mask=groups * GROUP < WIDTH)
 
 
-@triton.jit
+# debug=True: compiled with its device assertion (Triton drops them otherwise)
+@triton.jit(debug=True)
 def reduce_topk(y_ptr, ids_ptr, emap_ptr, out_ptr, H, stride_ym, stride_yp, stride_om, E_GLOBAL, E_LOCAL,
                 TOP_K: tl.constexpr, HAS_MAP: tl.constexpr, BLOCK: tl.constexpr, PARTS: tl.constexpr):
     """``out[t] = sum_j y[t * TOP_K + j]`` over the slots j whose expert is local (others add 0);
-    each y row the sum of PARTS split-K partials ``stride_yp`` apart."""
+    each y row the sum of PARTS split-K partials ``stride_yp`` apart. Asserts every id < E_GLOBAL
+    (negative ids are padding)."""
     t = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < H
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
     for j in tl.static_range(TOP_K):
         g = tl.load(ids_ptr + t * TOP_K + j).to(tl.int32)
+        tl.device_assert(g < E_GLOBAL, "expert id out of range: every top-k id must be below the expert count")
         all_true = g == g  # noqa: PLR0124 (a mask of g's shape, all true)
         local = _local_expert(g, emap_ptr, all_true, E_GLOBAL, E_LOCAL, HAS_MAP)
         width = tl.where(local >= 0, H, 0)  # a skipped slot reads nothing

@@ -44,17 +44,21 @@ def gluon_unsupported(*, variant: str, weight: torch.Tensor, zero: torch.Tensor 
                       config: LaunchConfig) -> str:
     """Why the Gluon decode kernel of ``variant`` (``config.KERNEL``: per tile or persistent) cannot run
     this GEMM with ``config``'s tile ('' when it can): it needs 64-byte K tiles ``[E, K/128, N, 64]``
-    (contiguous), groups of 128 k, zero points, 16 x BLOCK_N x 128 tiles and an NVIDIA GPU of sm80 or
-    newer; the persistent form also SPLIT_K dividing K / 128 (see ``_generated_gluon.py``)."""
+    (contiguous), groups of 128 k, zero points, BLOCK_K 128 with BLOCK_M 16 (aligned blocks) or 1
+    (direct rows, per-tile kernel only) and an NVIDIA GPU of sm80 or newer; the persistent form also
+    SPLIT_K dividing K / 128 (see ``_generated_gluon.py``)."""
     from ._generated_gluon import GLUON_KERNELS
 
     need = []
     if variant not in GLUON_KERNELS:
         need.append(f"a variant with a Gluon kernel ({sorted(GLUON_KERNELS)})")
-    if (config.BLOCK_M, config.BLOCK_K) != (16, 128):
-        need.append(f"BLOCK_M=16 and BLOCK_K=128 (got {config.BLOCK_M} and {config.BLOCK_K})")
+    persistent = config.KERNEL is Kernel.GLUON_PERSISTENT
+    block_ms = (16,) if persistent else (16, 1)
+    if config.BLOCK_M not in block_ms or config.BLOCK_K != 128:
+        rows = "BLOCK_M=16" if persistent else "BLOCK_M=16 (aligned blocks) or 1 (direct rows)"
+        need.append(f"{rows} and BLOCK_K=128 (got {config.BLOCK_M} and {config.BLOCK_K})")
     k_steps = weight.shape[1] if weight.dim() == 4 else 0
-    if config.KERNEL is Kernel.GLUON_PERSISTENT and k_steps and k_steps % config.SPLIT_K:
+    if persistent and k_steps and k_steps % config.SPLIT_K:
         need.append(f"SPLIT_K dividing the {k_steps} K tiles (got SPLIT_K={config.SPLIT_K})")
     if weight.dim() != 4 or weight.shape[-1] != 64 or not weight.is_contiguous():
         need.append(f"contiguous 64-byte K tiles [E, K/128, N, 64] (got shape {list(weight.shape)}, strides "
@@ -194,13 +198,11 @@ def run_gemm(plan: GemmPlan, *, a: torch.Tensor, a_scale: torch.Tensor | None, o
     ws = plan.weight_strides
     if isinstance(alignment, DirectRows):
         ids = alignment.topk_ids
-        rows = (ids, ids, ids, alignment.expert_map if alignment.expert_map is not None else ids,
-                alignment.ids_in_range)
+        rows = (ids, ids, ids, alignment.expert_map if alignment.expert_map is not None else ids)
         num_m_blocks, e_global, e_local = alignment.num_valid, alignment.num_experts, alignment.num_local_experts
         direct, has_map = True, alignment.expert_map is not None
     else:
-        rows = (alignment.sorted_ids, alignment.expert_ids, alignment.num_post_padded, alignment.num_post_padded,
-                alignment.num_post_padded)
+        rows = (alignment.sorted_ids, alignment.expert_ids, alignment.num_post_padded, alignment.num_post_padded)
         num_m_blocks, e_global, e_local = alignment.sorted_ids.shape[0] // c.BLOCK_M, 0, 0
         direct, has_map = False, False
     return plan.kernel[(num_m_blocks * plan.n_blocks * c.SPLIT_K,)](
@@ -225,23 +227,32 @@ def run_gemm(plan: GemmPlan, *, a: torch.Tensor, a_scale: torch.Tensor | None, o
 def _run_gluon(plan: GemmPlan, *, a: torch.Tensor, out: torch.Tensor, topk_weights: torch.Tensor | None,
                alignment: Alignment | DirectRows) -> object:
     """:func:`run_gemm` for a Gluon plan: A is read as int32 (even, odd) k pairs, so it must be 16-bit,
-    K-contiguous, with an even row stride and a 4-byte aligned base."""
+    K-contiguous, with an even row stride and a 4-byte aligned base. BLOCK_M 1 runs direct rows (one
+    real row per 16-row mma tile), BLOCK_M 16 the alignment's blocks."""
     if a.dtype not in (torch.bfloat16, torch.float16) or a.stride(-1) != 1 or a.stride(0) % 2 or a.data_ptr() % 4:
         raise ValueError(f"KERNEL=gluon needs bf16/fp16 activations, K-contiguous with an even row stride and a "
                          f"4-byte aligned base; got {a.dtype}, strides {a.stride()}")
-    if isinstance(alignment, DirectRows):
-        raise ValueError("KERNEL=gluon runs 16-row blocks of an alignment, not direct rows")
     c = plan.config
     weight, s, z, b = plan.weight_args
     ws = plan.weight_strides
     tw = topk_weights if topk_weights is not None else _dummies(a.device)[0]
-    tiles = alignment.sorted_ids.shape[0] // c.BLOCK_M * plan.n_blocks * c.SPLIT_K  # (host bound: real count on device)
-    args = (a, weight, s, z, b, out, tw, alignment.sorted_ids, alignment.expert_ids, alignment.num_post_padded,
-            plan.n, plan.k, plan.k // 128, alignment.num_valid,
+    if isinstance(alignment, DirectRows):
+        ids = alignment.topk_ids
+        rows = (ids, ids, ids, alignment.expert_map if alignment.expert_map is not None else ids)
+        blocks, e_global, e_local = alignment.num_valid, alignment.num_experts, alignment.num_local_experts
+    else:
+        rows = (alignment.sorted_ids, alignment.expert_ids, alignment.num_post_padded, alignment.num_post_padded)
+        blocks, e_global, e_local = alignment.sorted_ids.shape[0] // c.BLOCK_M, 0, 0  # (host bound)
+    tiles = blocks * plan.n_blocks * c.SPLIT_K
+    args = (a, weight, s, z, b, out, tw, *rows,
+            plan.n, plan.k, plan.k // 128, alignment.num_valid, e_global, e_local,
             a.stride(0), ws[4], ws[5], ws[6], ws[7], ws[8], out.stride(-2), out.stride(-1),
             out.stride(0) if out.dim() == 3 else 0)
     consts = dict(TOP_K=plan.top_k, MUL_WEIGHT=topk_weights is not None, HAS_BIAS=plan.has_bias, BLOCK_N=c.BLOCK_N,
-                  SPLIT_K=c.SPLIT_K, STAGES=c.num_stages, WARPS=c.num_warps, num_warps=c.num_warps)
+                  SPLIT_K=c.SPLIT_K, STAGES=c.num_stages, WARPS=c.num_warps,
+                  DIRECT=isinstance(alignment, DirectRows),
+                  HAS_MAP=isinstance(alignment, DirectRows) and alignment.expert_map is not None,
+                  num_warps=c.num_warps)
     if c.KERNEL is Kernel.GLUON_PERSISTENT:
         tiles = min(tiles, persistent_grid(plan.kernel, args, consts, shape=(plan.n, plan.k), a=a, out=out))
     return plan.kernel[(tiles,)](*args, **consts)
