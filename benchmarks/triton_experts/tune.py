@@ -68,8 +68,9 @@ def candidates(scheme: str, rows_per_expert: int, k_granule: int, group: int) ->
                 continue
             out.append(LaunchConfig(1, bn, bk, 1, warps, stages, SPLIT_K=split))
     if scheme in GLUON_KERNELS and rows_per_expert <= 16 and group == 128:  # the Gluon decode kernels
-        # (persistent: SPLIT_K must divide K / 128; direct rows, BLOCK_M 1: the per-tile kernel only)
-        forms = [(16, Kernel.GLUON), (16, Kernel.GLUON_PERSISTENT)] + [(1, Kernel.GLUON)] * (rows_per_expert <= 2)
+        # (persistent: SPLIT_K must divide K / 128; BLOCK_M 1: direct rows, where experts see a row or two)
+        forms = [(16, Kernel.GLUON), (16, Kernel.GLUON_PERSISTENT)]
+        forms += [(1, Kernel.GLUON), (1, Kernel.GLUON_PERSISTENT)] if rows_per_expert <= 2 else []
         for bm, kernel in forms:
             for bn, stages, split in itertools.product((64, 128, 256), (2, 3, 4), (1, 2, 4)):
                 out.append(LaunchConfig(bm, bn, 128, 1, 4, stages, SPLIT_K=split, KERNEL=kernel))

@@ -340,8 +340,9 @@ def test_launch_config_names_its_kernel():
 @pytest.mark.parametrize(("split_k", "stages", "block_n"), [(1, 2, 64), (2, 3, 128)])
 @pytest.mark.parametrize("ep", [False, True], ids=["all-experts", "expert-map"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize(("kernel_name", "block_m"), [("gluon", 16), ("gluon", 1), ("gluon_persistent", 16)],
-                         ids=["gluon", "gluon-direct-rows", "gluon_persistent"])
+@pytest.mark.parametrize(("kernel_name", "block_m"),
+                         [("gluon", 16), ("gluon", 1), ("gluon_persistent", 16), ("gluon_persistent", 1)],
+                         ids=["gluon", "gluon-direct-rows", "gluon_persistent", "gluon_persistent-direct-rows"])
 def test_gluon_decode_tiles_match_reference(tmp_path, monkeypatch, scheme, split_k, stages, block_n, ep, dtype,
                                             kernel_name, block_m):
     """A tuned ``KERNEL: gluon`` / ``gluon_persistent`` tile runs that Gluon decode kernel on an NVIDIA
@@ -396,10 +397,6 @@ def test_gluon_tile_refusals_name_what_is_missing():
                                          "\\(got 8 and 128\\)"):
         plan_gemm(variant="int4_w4a16", weight=w, scale=s, zero=z, bias=None, top_k=2, n=64, k=256, group_k=128,
                   config=eight_rows)
-    one_row_persistent = LaunchConfig(1, 64, 128, 1, 4, 2, KERNEL=Kernel.GLUON_PERSISTENT)
-    with pytest.raises(ValueError, match="gluon_persistent needs BLOCK_M=16 and BLOCK_K=128 \\(got 1 and 128\\)"):
-        plan_gemm(variant="int4_w4a16", weight=w, scale=s, zero=z, bias=None, top_k=2, n=64, k=256, group_k=128,
-                  config=one_row_persistent)
     tile = LaunchConfig(16, 64, 128, 1, 4, 2, KERNEL=Kernel.GLUON)
     with pytest.raises(ValueError, match="groups of 128 k \\(got 64\\)"):
         plan_gemm(variant="int4_w4a16", weight=w, scale=s, zero=z, bias=None, top_k=2, n=64, k=256, group_k=64,

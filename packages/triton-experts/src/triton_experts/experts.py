@@ -174,8 +174,6 @@ class TritonExperts(Experts):
         c1, c2 = self._fit(c1, self.group13, h), self._fit(c2, self.group2, i)
         if c2.BLOCK_M != c1.BLOCK_M:  # one row grouping serves both GEMMs
             c2 = replace(c2, BLOCK_M=c1.BLOCK_M)
-            if c2.BLOCK_M == 1 and c2.KERNEL is Kernel.GLUON_PERSISTENT:  # (which takes aligned blocks only)
-                c2 = replace(c2, KERNEL=Kernel.GLUON)
         # a Gluon tile where the Gluon kernel cannot run it (another group size or device than the tuned
         # model's, a refitted tile) runs the Triton kernel with the same tile
         c1 = self._runnable(c1, self.w13, self.group13)

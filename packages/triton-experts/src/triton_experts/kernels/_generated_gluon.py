@@ -5,8 +5,7 @@ Same contract as the Triton variant's codes path in ``_generated_moe.py`` (16-ro
 expert from ``sorted_ids``, ``C[row, n] = sum_k A[row // TOP_K, k] * W[e, n, k]``, bias, top-k
 weight, SPLIT_K float32 partials ``stride_cs`` apart), restricted to what decode runs: K tiles of 64
 bytes (``[E, K/128, N, 64]``, low nibble = even k), groups of 128 k, BLOCK_K = 128, bf16 or fp16
-activations, NVIDIA sm80 or newer (cp.async, mma.sync). With DIRECT (the per-tile kernel only) there is
-no alignment, as in the Triton kernel's one-row blocks: block r is (token, slot) row r of the flat
+activations, NVIDIA sm80 or newer (cp.async, mma.sync). With DIRECT there is no alignment, as in the Triton kernel's one-row blocks: block r is (token, slot) row r of the flat
 top-k ids (passed as ``expert_ids_ptr``), its expert looked up by the program (``expert_map`` when
 HAS_MAP), and the mma tile's other 15 rows are zeros: one token's top-k experts at M = 1 need no
 alignment launch.
@@ -149,22 +148,31 @@ def _group_scales(b_scale_ptr, b_zero_ptr, sz, n_mask, dtype: gl.constexpr):
 
 
 @gluon.jit
-def _block_rows(sorted_ids_ptr, blk, num_valid, layout: gl.constexpr, BLOCK_M: gl.constexpr, DIRECT: gl.constexpr):
+def _block_rows(sorted_ids_ptr, blk, num_valid, layout: gl.constexpr, BLOCK_M: gl.constexpr, DIRECT: gl.constexpr,
+                live=None):
     """The (token, slot) rows of block ``blk`` (``num_valid``: none): from ``sorted_ids``, or (DIRECT) row
-    ``blk`` alone."""
+    ``blk`` alone; none where ``live`` (optional) is false."""
     r = gl.arange(0, BLOCK_M, layout=layout)
     if DIRECT:
-        rows = gl.where(r == 0, blk, num_valid)
+        first = r == 0
+        if live is not None:
+            first = first & live
+        rows = gl.where(first, blk, num_valid)
+    elif live is not None:
+        rows = gl.load(sorted_ids_ptr + blk * BLOCK_M + r, mask=live, other=num_valid)
     else:
         rows = gl.load(sorted_ids_ptr + blk * BLOCK_M + r)
     return rows
 
 
 @gluon.jit
-def _direct_expert(ids_ptr, emap_ptr, row, E_GLOBAL, E_LOCAL, HAS_MAP: gl.constexpr):
+def _direct_expert(ids_ptr, emap_ptr, row, E_GLOBAL, E_LOCAL, HAS_MAP: gl.constexpr, live=None):
     """The local expert of (token, slot) row ``row`` of the flat top-k ids, -1 when it is not computed
-    here (padding id < 0, an id past E_GLOBAL, another rank's expert)."""
-    g = gl.load(ids_ptr + row).to(gl.int32)
+    here (padding id < 0, an id past E_GLOBAL, another rank's expert) or ``live`` (optional) is false."""
+    if live is not None:
+        g = gl.load(ids_ptr + row, mask=live, other=-1).to(gl.int32)
+    else:
+        g = gl.load(ids_ptr + row).to(gl.int32)
     inside = (g >= 0) & (g < E_GLOBAL)
     if HAS_MAP:
         local = gl.load(emap_ptr + gl.where(inside, g, 0)).to(gl.int32)
@@ -176,10 +184,14 @@ def _direct_expert(ids_ptr, emap_ptr, row, E_GLOBAL, E_LOCAL, HAS_MAP: gl.conste
 @gluon.jit
 def _store_tile(acc, c_ptr, bias_ptr, topk_weights_ptr, sorted_ids_ptr, blk, expert, split, offs_n, n_mask,
                 num_valid, stride_biase, stride_biasn, stride_cm, stride_cn, stride_cs, MUL_WEIGHT: gl.constexpr,
-                HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, WARPS: gl.constexpr, DIRECT: gl.constexpr):
-    """The epilogue of one tile: + bias (split 0's partial only), * top-k weight, store the block's real rows."""
+                HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, WARPS: gl.constexpr, DIRECT: gl.constexpr, live=None):
+    """The epilogue of one tile: + bias (split 0's partial only), * top-k weight, store the block's real rows
+    (DIRECT: none where ``live``, optional, is false)."""
     row_l: gl.constexpr = gl.SliceLayout(1, _mma_layout(WARPS))
-    rows = _block_rows(sorted_ids_ptr, blk, num_valid, row_l, BLOCK_M, DIRECT).to(gl.int64)
+    if DIRECT:
+        rows = _block_rows(sorted_ids_ptr, blk, num_valid, row_l, BLOCK_M, DIRECT, live).to(gl.int64)
+    else:
+        rows = _block_rows(sorted_ids_ptr, blk, num_valid, row_l, BLOCK_M, DIRECT).to(gl.int64)
     row_mask = rows < num_valid
     if HAS_BIAS:
         bias = gl.load(bias_ptr + expert * stride_biase + offs_n * stride_biasn, mask=n_mask & (split == 0),
@@ -192,23 +204,30 @@ def _store_tile(acc, c_ptr, bias_ptr, topk_weights_ptr, sorted_ids_ptr, blk, exp
 
 
 @gluon.jit
-def _issue_unit_step(w_buf, a_buf, u, t, units, b_ptr, a_pairs, sorted_ids_ptr, expert_ids_ptr, num_valid, stride_am,
+def _issue_unit_step(w_buf, a_buf, u, t, units, b_ptr, a_pairs, sorted_ids_ptr, expert_ids_ptr, emap_ptr, num_valid,
+                     E_GLOBAL, E_LOCAL, stride_am,
                      N: gl.constexpr, KT: gl.constexpr, TOP_K: gl.constexpr, BLOCK_M: gl.constexpr,
-                     BLOCK_N: gl.constexpr, SPLIT_K: gl.constexpr, WARPS: gl.constexpr):
-    """cp.async of step ``t`` of unit ``u`` (the weight tile and A's rows), masked off for ``u >= units``."""
+                     BLOCK_N: gl.constexpr, SPLIT_K: gl.constexpr, WARPS: gl.constexpr, DIRECT: gl.constexpr,
+                     HAS_MAP: gl.constexpr):
+    """cp.async of step ``t`` of unit ``u`` (the weight tile and A's rows), masked off for ``u >= units``
+    (and, DIRECT, for a row not computed here)."""
     w_cp: gl.constexpr = _copy_layouts(WARPS)[0]
     a_cp: gl.constexpr = _copy_layouts(WARPS)[1]
     live = u < units
     blk = u // SPLIT_K // gl.cdiv(N, BLOCK_N)
     pid_n = u // SPLIT_K % gl.cdiv(N, BLOCK_N)
     kt = u % SPLIT_K * (KT // SPLIT_K) + t
-    expert = gl.load(expert_ids_ptr + blk, mask=live, other=0).to(gl.int64)
+    if DIRECT:
+        expert = _direct_expert(expert_ids_ptr, emap_ptr, blk, E_GLOBAL, E_LOCAL, HAS_MAP, live).to(gl.int64)
+        live = live & (expert >= 0)
+        expert = gl.maximum(expert, 0)
+    else:
+        expert = gl.load(expert_ids_ptr + blk, mask=live, other=0).to(gl.int64)
     w_rows = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, w_cp))
     w_cols = gl.arange(0, 64, layout=gl.SliceLayout(0, w_cp))
     w_src = b_ptr + (expert * KT + kt) * N * 64 + w_rows.to(gl.int64)[:, None] * 64 + w_cols[None, :]
     async_copy.async_copy_global_to_shared(w_buf, w_src, mask=((w_rows < N) & live)[:, None] & (w_cols < 64)[None, :])
-    a_ids = gl.load(sorted_ids_ptr + blk * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, a_cp)),
-                    mask=live, other=num_valid)
+    a_ids = _block_rows(sorted_ids_ptr, blk, num_valid, gl.SliceLayout(1, a_cp), BLOCK_M, DIRECT, live)
     a_cols = gl.arange(0, 64, layout=gl.SliceLayout(0, a_cp))
     a_src = a_pairs + (a_ids // TOP_K).to(gl.int64)[:, None] * (stride_am // 2) + kt * 64 + a_cols[None, :]
     async_copy.async_copy_global_to_shared(a_buf, a_src, mask=(a_ids < num_valid)[:, None] & (a_cols < 64)[None, :])
@@ -309,9 +328,9 @@ def moe_gemm_int4_w4a16_gluon_persistent(
     the units p, p + grid, ... (unit = 16-row block x BLOCK_N columns x K split; SPLIT_K divides K / 128)
     in one flat loop of 128-k steps, so its cp.async ring runs on from one unit into the next (no
     pipeline ramp per tile, no partial last wave). Units come from the real padded length on the device;
-    N, K are compile-time constants here (unit coordinates by multiplication, not division). Aligned
-    blocks only (DIRECT would walk the units of skipped rows too)."""
-    gl.static_assert(not DIRECT, "the persistent kernel takes aligned blocks, not direct rows")
+    N, K are compile-time constants here (unit coordinates by multiplication, not division). DIRECT:
+    every (token, slot) row is a unit, and the units of rows not computed here (padding, other
+    ranks' experts) copy, store and load nothing but still take their turn in the loop."""
     BLOCK_M: gl.constexpr = 16
     k_per: gl.constexpr = KT // SPLIT_K
     num_pid_n: gl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
@@ -322,15 +341,18 @@ def moe_gemm_int4_w4a16_gluon_persistent(
     plain: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
     pid = gl.program_id(0)
     grid = gl.num_programs(0)
-    units = gl.load(num_post_padded_ptr) // BLOCK_M * (num_pid_n * SPLIT_K)
+    if DIRECT:
+        units = num_valid * (num_pid_n * SPLIT_K)
+    else:
+        units = gl.load(num_post_padded_ptr) // BLOCK_M * (num_pid_n * SPLIT_K)
     total = gl.cdiv(gl.maximum(units - pid, 0), grid) * k_per  # this program's steps
     a_pairs = a_ptr.to(gl.pointer_type(gl.int32), bitcast=True)
     w_bufs = gl.allocate_shared_memory(gl.uint8, [STAGES, BLOCK_N, 64], plain)
     a_bufs = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_M, 64], plain)
     for s in gl.static_range(STAGES - 1):
         _issue_unit_step(w_bufs.index(s), a_bufs.index(s), pid + s // k_per * grid, s % k_per, units, b_ptr, a_pairs,
-                         sorted_ids_ptr, expert_ids_ptr, num_valid, stride_am, N, KT, TOP_K, BLOCK_M, BLOCK_N,
-                         SPLIT_K, WARPS)
+                         sorted_ids_ptr, expert_ids_ptr, emap_ptr, num_valid, E_GLOBAL, E_LOCAL, stride_am, N, KT,
+                         TOP_K, BLOCK_M, BLOCK_N, SPLIT_K, WARPS, DIRECT, HAS_MAP)
         async_copy.commit_group()
     # the copies run STAGES - 1 steps ahead: (unit, step) of the next copy and of the step computed
     u_cp = pid + (STAGES - 1) // k_per * grid
@@ -343,8 +365,8 @@ def moe_gemm_int4_w4a16_gluon_persistent(
         gl.thread_barrier()  # every thread is done with the slot the next copy overwrites
         nxt = i + STAGES - 1
         _issue_unit_step(w_bufs.index(nxt % STAGES), a_bufs.index(nxt % STAGES), u_cp, t_cp, units, b_ptr, a_pairs,
-                         sorted_ids_ptr, expert_ids_ptr, num_valid, stride_am, N, KT, TOP_K, BLOCK_M, BLOCK_N,
-                         SPLIT_K, WARPS)
+                         sorted_ids_ptr, expert_ids_ptr, emap_ptr, num_valid, E_GLOBAL, E_LOCAL, stride_am, N, KT,
+                         TOP_K, BLOCK_M, BLOCK_N, SPLIT_K, WARPS, DIRECT, HAS_MAP)
         async_copy.commit_group()
         t_cp += 1
         if t_cp == k_per:
@@ -355,7 +377,13 @@ def moe_gemm_int4_w4a16_gluon_persistent(
         split = u % SPLIT_K
         pid_n = u // SPLIT_K % num_pid_n
         blk = u // SPLIT_K // num_pid_n
-        expert = gl.load(expert_ids_ptr + blk).to(gl.int64)
+        if DIRECT:
+            expert = _direct_expert(expert_ids_ptr, emap_ptr, blk, E_GLOBAL, E_LOCAL, HAS_MAP).to(gl.int64)
+            keep = expert >= 0
+            expert = gl.maximum(expert, 0)  # (a skipped row's unit reads expert 0's scales, stores nothing)
+        else:
+            expert = gl.load(expert_ids_ptr + blk).to(gl.int64)
+            keep = expert >= 0
         offs_n = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_l)
         n_mask = offs_n < N
         part, a_sums = _group_product(w_bufs.index(i % STAGES), a_bufs.index(i % STAGES), ones, dtype, BLOCK_M,
@@ -369,7 +397,7 @@ def moe_gemm_int4_w4a16_gluon_persistent(
         if t == k_per:  # the unit's last step: its epilogue, then the next unit
             _store_tile(acc, c_ptr, bias_ptr, topk_weights_ptr, sorted_ids_ptr, blk, expert, split, offs_n, n_mask,
                         num_valid, stride_biase, stride_biasn, stride_cm, stride_cn, stride_cs, MUL_WEIGHT, HAS_BIAS,
-                        BLOCK_M, WARPS, False)
+                        BLOCK_M, WARPS, DIRECT, keep)
             acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, mma)
             t = 0
             u += grid

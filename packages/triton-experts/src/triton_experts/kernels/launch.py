@@ -45,20 +45,18 @@ def gluon_unsupported(*, variant: str, weight: torch.Tensor, zero: torch.Tensor 
     """Why the Gluon decode kernel of ``variant`` (``config.KERNEL``: per tile or persistent) cannot run
     this GEMM with ``config``'s tile ('' when it can): it needs 64-byte K tiles ``[E, K/128, N, 64]``
     (contiguous), groups of 128 k, zero points, BLOCK_K 128 with BLOCK_M 16 (aligned blocks) or 1
-    (direct rows, per-tile kernel only) and an NVIDIA GPU of sm80 or newer; the persistent form also
-    SPLIT_K dividing K / 128 (see ``_generated_gluon.py``)."""
+    (direct rows) and an NVIDIA GPU of sm80 or newer; the persistent form also SPLIT_K dividing K / 128
+    (see ``_generated_gluon.py``)."""
     from ._generated_gluon import GLUON_KERNELS
 
     need = []
     if variant not in GLUON_KERNELS:
         need.append(f"a variant with a Gluon kernel ({sorted(GLUON_KERNELS)})")
-    persistent = config.KERNEL is Kernel.GLUON_PERSISTENT
-    block_ms = (16,) if persistent else (16, 1)
-    if config.BLOCK_M not in block_ms or config.BLOCK_K != 128:
-        rows = "BLOCK_M=16" if persistent else "BLOCK_M=16 (aligned blocks) or 1 (direct rows)"
-        need.append(f"{rows} and BLOCK_K=128 (got {config.BLOCK_M} and {config.BLOCK_K})")
+    if config.BLOCK_M not in (16, 1) or config.BLOCK_K != 128:
+        need.append(f"BLOCK_M=16 (aligned blocks) or 1 (direct rows) and BLOCK_K=128 (got {config.BLOCK_M} and "
+                    f"{config.BLOCK_K})")
     k_steps = weight.shape[1] if weight.dim() == 4 else 0
-    if persistent and k_steps and k_steps % config.SPLIT_K:
+    if config.KERNEL is Kernel.GLUON_PERSISTENT and k_steps and k_steps % config.SPLIT_K:
         need.append(f"SPLIT_K dividing the {k_steps} K tiles (got SPLIT_K={config.SPLIT_K})")
     if weight.dim() != 4 or weight.shape[-1] != 64 or not weight.is_contiguous():
         need.append(f"contiguous 64-byte K tiles [E, K/128, N, 64] (got shape {list(weight.shape)}, strides "
