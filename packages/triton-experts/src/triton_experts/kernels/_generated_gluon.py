@@ -5,10 +5,10 @@ Same contract as the Triton variant's codes path in ``_generated_moe.py`` (16-ro
 expert from ``sorted_ids``, ``C[row, n] = sum_k A[row // TOP_K, k] * W[e, n, k]``, bias, top-k
 weight, SPLIT_K float32 partials ``stride_cs`` apart), restricted to what decode runs: K tiles of 64
 bytes (``[E, K/128, N, 64]``, low nibble = even k), groups of 128 k, BLOCK_K = 128, bf16 or fp16
-activations, NVIDIA sm80 or newer (cp.async, mma.sync). With DIRECT there is no alignment, as in the Triton kernel's one-row blocks: block r is (token, slot) row r of the flat
-top-k ids (passed as ``expert_ids_ptr``), its expert looked up by the program (``expert_map`` when
-HAS_MAP), and the mma tile's other 15 rows are zeros: one token's top-k experts at M = 1 need no
-alignment launch.
+activations, NVIDIA sm80 or newer (cp.async, mma.sync). With DIRECT there is no alignment, as in the
+Triton kernel's one-row blocks: block r is (token, slot) row r of the flat top-k ids (passed as
+``expert_ids_ptr``), its expert looked up by the program (``expert_map`` when HAS_MAP), and the mma
+tile's other 15 rows are zeros: one token's top-k experts at M = 1 need no alignment launch.
 
 Why Gluon: Triton keeps a whole dequantized [BLOCK_N, 128] tile in registers (255 per thread at
 BLOCK_N 256: two CTAs per SM, latency-bound; benchmarks/results/triton_experts-int4_decode_limits-*).
