@@ -5,9 +5,11 @@ GEMM2: N = H, K = I, with the top-k weight in its epilogue as the experts run it
 count M on random routing, keep the fastest, and write
 ``configs/E<E>_N<N>_K<K>_<variant>_<device>.json`` into the triton_experts package (or --out).
 Candidates depend on the rows each expert sees (M * top_k / E): one-row blocks on the CUDA cores
-(or, for int4, in the Gluon kernel's 16-row mma tile) and small tiles with deep pipelines (and split-K) for decode, large tiles for prefill. Both GEMMs
-of a call share one BLOCK_M (the row grouping): the pair with the lowest summed time wins. ``--jobs`` compiles the candidates in parallel processes first
-(the kernels do not specialize on the token count, so the compiled cache serves every M).
+(or, for int4, in the Gluon kernels' 16-row mma tile) and small tiles with deep pipelines (and
+split-K) for decode, large tiles for prefill. Both GEMMs of a call share one BLOCK_M (the row
+grouping): the pair with the lowest summed time wins, the alignment launch of blocks of more than one
+row included. ``--jobs`` compiles the candidates in parallel processes first (the kernels do not
+specialize on the token count, so the compiled cache serves every M).
 
     python benchmarks/triton_experts/tune.py --models qwen3,deepseek --schemes fp8_block --m 1,32,2048
 """

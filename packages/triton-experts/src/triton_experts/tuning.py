@@ -4,7 +4,7 @@ Files: ``configs/E{E}_N{N}_K{K}_{variant}_{device}.json`` (device name with ever
 other than letters and digits replaced by ``_``) mapping a token
 count M (as a string) to ``{"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages"}``
 and optionally ``"SPLIT_K"`` (default 1) and ``"KERNEL"`` (``"triton"``, the default; ``"gluon"``:
-the hand-laid-out decode kernel of the variants that have one, 16-row blocks only;
+the hand-laid-out decode kernel of the variants that have one, 16-row blocks or direct rows (BLOCK_M 1);
 ``"gluon_persistent"``: that kernel with one program per resident CTA, SPLIT_K dividing K / 128).
 The nearest tuned M (on a log scale, ties to the smaller) wins. ``QMOE_TRITON_CONFIG_DIR`` adds a folder searched first.
 E is the model's expert count and M its token count (top_k slots each): an expert-parallel rank, or
@@ -32,7 +32,7 @@ class Kernel(enum.Enum):
     """Which kernel family a launch config runs."""
 
     TRITON = "triton"  # the generated Triton variant (_generated_moe.py): every scheme and tile
-    GLUON = "gluon"  # the generated Gluon decode kernel (_generated_gluon.py): 4-bit K tiles, 16-row blocks
+    GLUON = "gluon"  # the generated Gluon decode kernel (_generated_gluon.py): 4-bit K tiles, BLOCK_M 16 or 1
     GLUON_PERSISTENT = "gluon_persistent"  # the same, one program per resident CTA walking the tiles in turn
 
     @property

@@ -176,6 +176,34 @@ def new_gemm_out(plan: GemmPlan, *, rows: int, dtype: torch.dtype, device: torch
                  dtype=dtype if plan.config.SPLIT_K == 1 else torch.float32)
 
 
+@dataclass(frozen=True)
+class _RowSource:
+    """Where a GEMM launch takes its rows from, as both kernel families' arguments spell it: the
+    (sorted ids, expert ids, padded length, expert map) pointers, the row blocks of the grid (a host
+    bound for an alignment), the global / local expert counts and the DIRECT / HAS_MAP constexprs.
+    Direct rows pass the flat top-k ids where the alignment's arrays go (the kernels read only the
+    expert-id slot and the map)."""
+
+    pointers: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+    blocks: int
+    e_global: int
+    e_local: int
+    direct: bool
+    has_map: bool
+
+    @staticmethod
+    def of(alignment: Alignment | DirectRows, *, block_m: int) -> _RowSource:
+        if isinstance(alignment, DirectRows):
+            ids, emap = alignment.topk_ids, alignment.expert_map
+            return _RowSource(pointers=(ids, ids, ids, emap if emap is not None else ids), blocks=alignment.num_valid,
+                              e_global=alignment.num_experts, e_local=alignment.num_local_experts, direct=True,
+                              has_map=emap is not None)
+        padded = alignment.num_post_padded
+        return _RowSource(pointers=(alignment.sorted_ids, alignment.expert_ids, padded, padded),
+                          blocks=alignment.sorted_ids.shape[0] // block_m, e_global=0, e_local=0, direct=False,
+                          has_map=False)
+
+
 def run_gemm(plan: GemmPlan, *, a: torch.Tensor, a_scale: torch.Tensor | None, out: torch.Tensor,
              topk_weights: torch.Tensor | None, alignment: Alignment | DirectRows) -> object:
     """``out[row, :n] = A[row // top_k] @ W[e].T`` (scaled, + bias, * top-k weight) for every aligned
@@ -194,19 +222,11 @@ def run_gemm(plan: GemmPlan, *, a: torch.Tensor, a_scale: torch.Tensor | None, o
     else:
         sa0, sa1 = a_s.stride(0) if a_s.numel() > 1 else 0, 0
     ws = plan.weight_strides
-    if isinstance(alignment, DirectRows):
-        ids = alignment.topk_ids
-        rows = (ids, ids, ids, alignment.expert_map if alignment.expert_map is not None else ids)
-        num_m_blocks, e_global, e_local = alignment.num_valid, alignment.num_experts, alignment.num_local_experts
-        direct, has_map = True, alignment.expert_map is not None
-    else:
-        rows = (alignment.sorted_ids, alignment.expert_ids, alignment.num_post_padded, alignment.num_post_padded)
-        num_m_blocks, e_global, e_local = alignment.sorted_ids.shape[0] // c.BLOCK_M, 0, 0
-        direct, has_map = False, False
-    return plan.kernel[(num_m_blocks * plan.n_blocks * c.SPLIT_K,)](
+    r = _RowSource.of(alignment, block_m=c.BLOCK_M)
+    return plan.kernel[(r.blocks * plan.n_blocks * c.SPLIT_K,)](
         a, a_s, weight, s, z, b, out, topk_weights if topk_weights is not None else dummy,
-        *rows,
-        plan.n, plan.k, alignment.num_valid, num_m_blocks, e_global, e_local,
+        *r.pointers,
+        plan.n, plan.k, alignment.num_valid, r.blocks, r.e_global, r.e_local,
         a.stride(0), a.stride(1), sa0, sa1,
         ws[0], ws[1], ws[2], ws[3], ws[4], ws[5], ws[6], ws[7], ws[8],
         out.stride(-2), out.stride(-1), out.stride(0) if out.dim() == 3 else 0,
@@ -214,7 +234,7 @@ def run_gemm(plan: GemmPlan, *, a: torch.Tensor, a_scale: torch.Tensor | None, o
         DOT_UPCAST=_INTERPRETED and a.dtype in (torch.bfloat16, torch.float16), PTX=_PTX and a.is_cuda,
         EVEN_K=plan.even_k,
         BLOCK_M=c.BLOCK_M, BLOCK_N=c.BLOCK_N, BLOCK_K=c.BLOCK_K, GROUP_M=c.GROUP_M, K_TILE=plan.k_tile, SPLIT_K=c.SPLIT_K,
-        DIRECT=direct, HAS_MAP=has_map,
+        DIRECT=r.direct, HAS_MAP=r.has_map,
         # the K loop's explicit pipelining: the CUDA-core path's loads are pipelined only when asked; the
         # tensor-core path keeps Triton's default, which ran 5% faster on the H100 than the explicit form
         LOOP_STAGES=c.num_stages if c.BLOCK_M < 16 else None,
@@ -234,22 +254,14 @@ def _run_gluon(plan: GemmPlan, *, a: torch.Tensor, out: torch.Tensor, topk_weigh
     weight, s, z, b = plan.weight_args
     ws = plan.weight_strides
     tw = topk_weights if topk_weights is not None else _dummies(a.device)[0]
-    if isinstance(alignment, DirectRows):
-        ids = alignment.topk_ids
-        rows = (ids, ids, ids, alignment.expert_map if alignment.expert_map is not None else ids)
-        blocks, e_global, e_local = alignment.num_valid, alignment.num_experts, alignment.num_local_experts
-    else:
-        rows = (alignment.sorted_ids, alignment.expert_ids, alignment.num_post_padded, alignment.num_post_padded)
-        blocks, e_global, e_local = alignment.sorted_ids.shape[0] // c.BLOCK_M, 0, 0  # (host bound)
-    tiles = blocks * plan.n_blocks * c.SPLIT_K
-    args = (a, weight, s, z, b, out, tw, *rows,
-            plan.n, plan.k, plan.k // 128, alignment.num_valid, e_global, e_local,
+    r = _RowSource.of(alignment, block_m=c.BLOCK_M)
+    tiles = r.blocks * plan.n_blocks * c.SPLIT_K
+    args = (a, weight, s, z, b, out, tw, *r.pointers,
+            plan.n, plan.k, plan.k // 128, alignment.num_valid, r.e_global, r.e_local,
             a.stride(0), ws[4], ws[5], ws[6], ws[7], ws[8], out.stride(-2), out.stride(-1),
             out.stride(0) if out.dim() == 3 else 0)
     consts = dict(TOP_K=plan.top_k, MUL_WEIGHT=topk_weights is not None, HAS_BIAS=plan.has_bias, BLOCK_N=c.BLOCK_N,
-                  SPLIT_K=c.SPLIT_K, STAGES=c.num_stages, WARPS=c.num_warps,
-                  DIRECT=isinstance(alignment, DirectRows),
-                  HAS_MAP=isinstance(alignment, DirectRows) and alignment.expert_map is not None,
+                  SPLIT_K=c.SPLIT_K, STAGES=c.num_stages, WARPS=c.num_warps, DIRECT=r.direct, HAS_MAP=r.has_map,
                   num_warps=c.num_warps)
     if c.KERNEL is Kernel.GLUON_PERSISTENT:
         tiles = min(tiles, persistent_grid(plan.kernel, args, consts, shape=(plan.n, plan.k), a=a, out=out))
