@@ -103,21 +103,6 @@ def peer_inputs(x, ids, e):
     return rows.contiguous(), torch.cumsum(counts, 0).to(torch.int32)
 
 
-def capture(fn) -> torch.cuda.CUDAGraph:
-    """``fn`` recorded as engines record decode: warmed up, then captured, on one stream (vLLM passes
-    its stream to torch.cuda.graph; that call's default is a side stream of its own, where the fused
-    decode's first call would also record the zeroing of that stream's new top-k-sum counters)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    stream.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
-        fn()
-    return graph
-
-
 def layer_chain_ms(*, fn_for, e: int, k: int, layers: int = 8) -> tuple[float, int] | None:
     """One token's call as an engine's decode graph runs it: ``layers`` calls (at most E / k) captured in
     one CUDA graph, each routed to k experts no other call of the graph hits (so each reads its
@@ -129,12 +114,13 @@ def layer_chain_ms(*, fn_for, e: int, k: int, layers: int = 8) -> tuple[float, i
     count = min(layers, e // k)
     gen = torch.Generator(device="cuda").manual_seed(1234)
     sets = torch.randperm(e, device="cuda", generator=gen)[:count * k].to(torch.int32).view(count, 1, k)
-    def chain() -> None:
+    try:
         for j in range(count):
             fn_for(sets[j])
-
-    try:
-        graph = capture(chain)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for j in range(count):
+                fn_for(sets[j])
         total = triton.testing.do_bench(graph.replay, warmup=25, rep=100, return_mode="median")
     except Exception as exc:
         print(f"  layer-chain graph failed: {type(exc).__name__}: {str(exc)[:100]}", flush=True)
@@ -175,7 +161,9 @@ def bench_model(name: str, dims: dict, schemes: list[str], ms: list[int], bw: fl
             ms_ours = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
             if m <= 32:  # decode as engines run it: the whole call replayed from a CUDA graph
                 try:
-                    graph = capture(fn)
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph):
+                        fn()
                     row_graph_ms = triton.testing.do_bench(graph.replay, warmup=25, rep=100, return_mode="median")
                 except Exception as exc:
                     row_graph_ms = None

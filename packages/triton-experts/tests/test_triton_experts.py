@@ -322,63 +322,6 @@ def test_few_row_blocks_match_reference(tmp_path, monkeypatch, scheme, block_m, 
         tuning._load.cache_clear()
 
 
-@pytest.mark.parametrize(("act", "m", "split_k", "ep"), [
-    (Activation.SILU, 1, 1, False), (Activation.SILU, 1, 2, True), (Activation.SILU, 6, 2, False),
-    (Activation.GELU, 6, 1, True), (Activation.SWIGLUOAI, 1, 2, False), (Activation.SWIGLUOAI, 6, 2, True)])
-def test_fused_decode_matches_reference(tmp_path, monkeypatch, act, m, split_k, ep):
-    """Direct rows with BLOCK_K 128 run block fp8 decode in two launches: GEMM1 quantizes the input
-    in its A loads, GEMM2 applies the activation to GEMM1's (split-K) output and quantizes it in its
-    A loads, and sums each token's slots itself (tickets per N tile). Bias, a padding row, other
-    ranks' experts; checked against the reference experts, and a second call (the tickets start
-    from zero again) against the first."""
-    from triton_experts import tuning
-    from triton_experts.kernels.launch import APrologue
-
-    e, h, i = 4, 256, 256
-    _, weights, _ = _case(tmp_path, "fp8_block", e=e, h=h, i=i, bias=True, seed=11 + split_k)
-    cfg = {"BLOCK_M": 1, "BLOCK_N": 32, "BLOCK_K": 128, "GROUP_M": 1, "num_warps": 4, "num_stages": 2,
-           "SPLIT_K": split_k}
-    e_model = 2 * e if ep else e
-    _write_configs(tmp_path / "configs", e=e_model, h=h, i=i, variant="fp8_block", cfg=cfg)
-    monkeypatch.setenv(tuning.ENV_DIR, str(tmp_path / "configs"))
-    tuning._load.cache_clear()
-    try:
-        config = _two_rank_config(e=e, h=h, i=i, act=act, ep=ep, dtype=torch.bfloat16, has_bias=True)
-        kernel = make_kernel(weights=weights.to(DEVICE), config=config, platform=PLATFORM, force="triton")
-        reference = make_kernel(weights=weights, config=config, platform=PLATFORM, force="reference")
-        x, tw, ids = _inputs(m, 2, e_model, h, seed=m + split_k)
-        if ep:  # token 0: one local slot (odd id) and one of the other rank
-            ids[0] = torch.tensor([3, 2], dtype=ids.dtype)
-        out = kernel(hidden_states=x, topk_weights=tw, topk_ids=ids)
-        assert kernel.experts.last_fusions == (APrologue.QUANT, APrologue.ACT_QUANT, 2)
-        ref = reference(hidden_states=x.cpu(), topk_weights=tw.cpu(), topk_ids=ids.cpu())
-        assert rel(out.cpu(), ref) < BOUND_VS_REFERENCE
-        if m > 2:
-            assert torch.all(out[1] == 0)  # the padding row
-        again = kernel(hidden_states=x, topk_weights=tw, topk_ids=ids)
-        assert torch.equal(again, out)
-    finally:
-        tuning._load.cache_clear()
-
-
-def test_decode_fusions_refuse_tiles_that_cannot_run_them():
-    from triton_experts.kernels.launch import APrologue, plan_gemm
-    from triton_experts.tuning import LaunchConfig
-
-    w = torch.zeros(2, 64, 256, dtype=torch.float8_e4m3fn)
-    s = torch.ones(2, 1, 2)
-    plan = dict(variant="fp8_block", weight=w, scale=s, zero=None, bias=None, top_k=1, n=64, k=256, group_k=128)
-    with pytest.raises(ValueError, match=r"A_PROLOGUE=QUANT needs .*BLOCK_K=128.*got a=fp8_group, triton BLOCK_M=16"):
-        plan_gemm(**plan, config=LaunchConfig(16, 32, 128, 1, 4, 2), prologue=APrologue.QUANT)
-    with pytest.raises(ValueError, match=r"BLOCK_K=64"):
-        plan_gemm(**plan, config=LaunchConfig(1, 32, 64, 1, 4, 2), prologue=APrologue.ACT_QUANT)
-    with pytest.raises(ValueError, match=r"summing 2 slots in the GEMM needs the Triton kernel's direct rows"):
-        plan_gemm(**plan, config=LaunchConfig(4, 32, 128, 1, 4, 2), sum_slots=2)
-    bf16 = dict(plan, variant="bf16", weight=torch.zeros(2, 64, 256, dtype=torch.bfloat16), scale=None)
-    with pytest.raises(ValueError, match=r"needs fp8_group activations.*got a=bf16"):
-        plan_gemm(**bf16, config=LaunchConfig(1, 32, 128, 1, 4, 2), prologue=APrologue.QUANT)
-
-
 def test_launch_config_names_its_kernel():
     from triton_experts.tuning import Kernel, LaunchConfig
 
@@ -483,15 +426,11 @@ def test_block_m_must_be_a_power_of_two(tmp_path):
                   config=LaunchConfig(3, 32, 64, 1, 4, 2))
 
 
-@pytest.mark.parametrize("launches", ["reduce_topk", "fused_decode"])
-def test_out_of_range_expert_id_is_refused(tmp_path, launches):
+def test_out_of_range_expert_id_is_refused(tmp_path):
     """On the CPU a ValueError; on a GPU a device-side assertion (no host sync), run in a child
-    process because a device-side assertion ends the process's CUDA context: in the top-k sum's
-    own launch, or (direct rows, BLOCK_K 128) in GEMM2's fused top-k sum."""
+    process because a device-side assertion ends the process's CUDA context."""
     e, h, i = 4, 128, 128
     if not ON_GPU:
-        if launches == "fused_decode":
-            pytest.skip("the CPU refuses before any launch (the reduce_topk case)")
         _, weights, _ = _case(tmp_path, "fp8_block", e=e, h=h, i=i, bias=False, seed=2)
         config = MoEConfig(num_experts=e, top_k=2, hidden_size=h, intermediate_size=i, in_dtype=torch.bfloat16)
         kernel = make_kernel(weights=weights, config=config, platform=PLATFORM, force="triton")
@@ -503,13 +442,6 @@ def test_out_of_range_expert_id_is_refused(tmp_path, launches):
     import subprocess
     import sys
 
-    from triton_experts import tuning
-
-    env = dict(os.environ)
-    if launches == "fused_decode":
-        cfg = {"BLOCK_M": 1, "BLOCK_N": 32, "BLOCK_K": 128, "GROUP_M": 1, "num_warps": 4, "num_stages": 2}
-        _write_configs(tmp_path / "configs", e=e, h=h, i=i, variant="fp8_block", cfg=cfg)
-        env[tuning.ENV_DIR] = str(tmp_path / "configs")
     script = f"""
 import torch, weight_layouts as wl
 from moe_oracle import MoEConfig, Platform, make_kernel
@@ -522,13 +454,10 @@ kernel = make_kernel(weights=wl.load_experts(ckpt.path, 0).to("cuda"), config=co
 x = torch.randn(3, {h}, device="cuda", dtype=torch.bfloat16)
 ids = torch.tensor([[0, {e} + 3], [1, 2], [3, 0]], device="cuda", dtype=torch.int32)
 kernel(hidden_states=x, topk_weights=torch.rand(3, 2, device="cuda"), topk_ids=ids)
-print("FUSIONS", kernel.experts.last_fusions[2])
 torch.cuda.synchronize()
 print("NO ERROR")
 """
-    r = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=600,
-                       env=env)
-    assert f"FUSIONS {2 if launches == 'fused_decode' else 0}" in r.stdout, r.stdout + r.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=600)
     assert r.returncode != 0 and "NO ERROR" not in r.stdout, r.stdout + r.stderr
     assert "device-side assert" in r.stderr or "expert id" in r.stderr, r.stderr[-2000:]
 

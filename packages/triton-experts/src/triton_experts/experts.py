@@ -31,7 +31,7 @@ from moe_oracle.reference.activation_quant import quantize_activation
 from quantkeys import SCHEMES, Granularity, PlatformKind, QuantDType, QuantKey
 
 from .align import fused_kernels, rows_for_experts
-from .kernels.launch import APrologue, GemmPlan, gluon_unsupported, new_gemm_out, run_gemm
+from .kernels.launch import GemmPlan, gluon_unsupported, new_gemm_out, run_gemm
 from .layout import LAYOUT
 from .tuning import Kernel, LaunchConfig, get_config
 
@@ -127,9 +127,7 @@ class TritonExperts(Experts):
         self.b2 = None if w.w2_bias is None else w.w2_bias.to(torch.float32)
         self._device = None
         self.last_configs: tuple[tuple[LaunchConfig, bool], ...] = ()
-        self.last_fusions: tuple[APrologue, APrologue, int] = (APrologue.NONE, APrologue.NONE, 0)
         self._plans: dict[tuple[int, int, torch.device], _CallPlan] = {}
-        self._slot_counters: dict[tuple, torch.Tensor] = {}
         self._act_code = _ACT_CODES.get(cfg.activation)
         self._q13 = _fused_quant(self.quant.a13.key, self.quant.a13.scale)
         self._q2 = _fused_quant(self.quant.a2.key, self.quant.a2.scale)
@@ -153,7 +151,6 @@ class TritonExperts(Experts):
             self.expert_map = self.expert_map.to(device=device, dtype=torch.int32)
         self._device = device
         self._plans.clear()
-        self._slot_counters.clear()
 
     def _call_plan(self, m: int, top_k: int, device: torch.device) -> _CallPlan:
         """Configs and frozen GEMM launches for M tokens of ``top_k`` slots (cached per (M, slots, device))."""
@@ -181,44 +178,16 @@ class TritonExperts(Experts):
         # model's, a refitted tile) runs the Triton kernel with the same tile
         c1 = self._runnable(c1, self.w13, self.group13)
         c2 = self._runnable(c2, self.w2, self.group2)
-        p1, p2, sum_slots = self._fusions(c1, c2, meta, top_k)
         g1 = plan_gemm(variant=self.variant_name, weight=self.w13["weight"], scale=self.w13.get("scale"),
                        zero=self.w13.get("zero"), bias=self.b13, top_k=top_k, n=n1, k=h, group_k=self.group13,
-                       config=c1, prologue=p1)
+                       config=c1)
         g2 = plan_gemm(variant=self.variant_name, weight=self.w2["weight"], scale=self.w2.get("scale"),
-                       zero=self.w2.get("zero"), bias=self.b2, top_k=1, n=h, k=i, group_k=self.group2, config=c2,
-                       prologue=p2, act=self._act_code or 0, sum_slots=sum_slots)
-        plan = _CallPlan(g1=g1, g2=g2, configs=((c1, tuned1), (c2, tuned2)), fusions=(p1, p2, sum_slots))
+                       zero=self.w2.get("zero"), bias=self.b2, top_k=1, n=h, k=i, group_k=self.group2, config=c2)
+        plan = _CallPlan(g1=g1, g2=g2, configs=((c1, tuned1), (c2, tuned2)))
         if len(self._plans) > 64:
             self._plans.clear()
         self._plans[(m, top_k, device)] = plan
         return plan
-
-    def _fusions(self, c1: LaunchConfig, c2: LaunchConfig, meta: dict, top_k: int) -> tuple[APrologue, APrologue, int]:
-        """The decode fusions both GEMMs' tiles allow (each saves a launch): on the Triton kernel's direct
-        rows (BLOCK_M 1), GEMM2 sums each token's slots itself (no reduce launch); with dynamic fp8 1x128
-        activations (fp8_group) and BLOCK_K 128, GEMM1 quantizes the input and GEMM2 applies the
-        activation and quantizes its input in their A loads (no quant and act_quant launches)."""
-        direct = c1.BLOCK_M == 1 and c1.KERNEL is Kernel.TRITON and c2.KERNEL is Kernel.TRITON
-        if not direct:
-            return APrologue.NONE, APrologue.NONE, 0
-        fp8_group = meta["a"] == "fp8_group"
-        p1 = APrologue.QUANT if fp8_group and self._q13 == ("fp8", 128) and c1.BLOCK_K == 128 else APrologue.NONE
-        p2 = APrologue.ACT_QUANT if fp8_group and self._q2 == ("fp8", 128) and self._act_code is not None \
-            and c2.BLOCK_K == 128 else APrologue.NONE
-        return p1, p2, top_k
-
-    def _counters(self, m: int, plan: GemmPlan, device: torch.device) -> torch.Tensor:
-        """GEMM2's top-k-sum tickets for M tokens: int32 zeros, one set per (M, stream), since calls on one
-        stream never overlap (the kernel leaves them zero again)."""
-        stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-        key = (m, plan.n_blocks, device, stream)
-        counters = self._slot_counters.get(key)
-        if counters is None:
-            if len(self._slot_counters) > 64:
-                self._slot_counters.clear()
-            counters = self._slot_counters[key] = torch.zeros(m * plan.n_blocks, dtype=torch.int32, device=device)
-        return counters
 
     def assert_expert_ids_on_device(self, topk_ids: torch.Tensor) -> None:
         """Nothing here: forward's last launch (``reduce_topk``, which reads every id) asserts that each
@@ -241,12 +210,11 @@ class TritonExperts(Experts):
         m, k = topk_ids.shape
         plan = self._plans.get((m, k, device)) or self._call_plan(m, k, device)
         self.last_configs = plan.configs
-        self.last_fusions = plan.fusions
         g1p, g2p = plan.g1, plan.g2
         alignment = rows_for_experts(topk_ids, num_local_experts=cfg.num_local_experts, num_experts=cfg.num_experts,
                                      block_m=g1p.config.BLOCK_M, expert_map=self.expert_map)
         # GEMM1 input
-        if self.quant.a13.key is None or g1p.prologue is APrologue.QUANT:
+        if self.quant.a13.key is None:
             x, x_scale = hidden_states, None
         elif self._q13 is not None:
             if hidden_states.stride(1) != 1:
@@ -262,22 +230,14 @@ class TritonExperts(Experts):
         gemm1 = new_gemm_out(g1p, rows=m * k, dtype=inter, device=device, alloc=alloc)
         run_gemm(g1p, a=x, a_scale=x_scale, out=gemm1, topk_weights=None, alignment=alignment)
         # activation + GEMM2 input (split-K partials summed first)
-        if g2p.prologue is APrologue.ACT_QUANT:
-            y, y_scale = gemm1, None
-        elif self._q2 is not None and self._act_code is not None:
+        if self._q2 is not None and self._act_code is not None:
             y, y_scale = _act_quant(gemm1, self._act_code, self._q2, out_dtype=hidden_states.dtype)
         else:
             act = apply_activation(cfg.activation, (gemm1.sum(0) if gemm1.dim() == 3 else gemm1).float())
             y, y_scale = self._quantize(act if self.quant.a2.key is not None else act.to(hidden_states.dtype),
                                         self.quant.a2.key, self.quant.a2.scale)
-        tw = topk_weights if topk_weights.dtype == torch.float32 else topk_weights.to(torch.float32)
-        if g2p.sum_slots:
-            gemm2 = new_gemm_out(g2p, rows=m * k, dtype=torch.float32, device=device)
-            out = torch.empty(m, g2p.n, device=device, dtype=cfg.result_dtype)
-            run_gemm(g2p, a=y, a_scale=y_scale, out=gemm2, topk_weights=tw.reshape(-1), alignment=alignment,
-                     result=out, counters=self._counters(m, g2p, device))
-            return out
         gemm2 = new_gemm_out(g2p, rows=m * k, dtype=inter, device=device)
+        tw = topk_weights if topk_weights.dtype == torch.float32 else topk_weights.to(torch.float32)
         run_gemm(g2p, a=y, a_scale=y_scale, out=gemm2, topk_weights=tw.reshape(-1), alignment=alignment)
         return _reduce(gemm2, topk_ids, self.expert_map, m=m, top_k=k, h=g2p.n, num_experts=cfg.num_experts,
                        num_local=cfg.num_local_experts, dtype=cfg.result_dtype)
@@ -303,7 +263,6 @@ class _CallPlan:
     g1: GemmPlan
     g2: GemmPlan
     configs: tuple[tuple[LaunchConfig, bool], ...]
-    fusions: tuple[APrologue, APrologue, int]  # GEMM1's and GEMM2's A prologue, GEMM2's summed slots (0: none)
 
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"

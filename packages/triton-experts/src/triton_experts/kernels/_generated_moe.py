@@ -14,26 +14,12 @@ Scales multiply. EVEN_K (K a multiple of BLOCK_K, required by the packed and gro
 the K masks. BLOCK_M < 16 (decode, an expert or two per token) multiplies on the CUDA cores instead of
 tl.dot (which needs 16 rows); with BLOCK_M = 1 and DIRECT there is no alignment at all: block r is row
 r of the flat top-k ids, whose expert the program looks up itself (``expert_map`` when HAS_MAP).
-
-Decode fusions (CUDA-core tiles, BLOCK_M < 16), which each save the call a launch:
-
-* A_PROLOGUE (fp8_group activations, BLOCK_K = the 128-wide group): A_QUANT reads A unquantized
-  (bf16/fp16) and quantizes each K step's 1x128 group in registers; A_ACT_QUANT reads A as GEMM1's
-  output ``[rows, 2K]`` (gated) or ``[rows, K]`` (A_PARTS split-K partials ``stride_ap`` apart) and
-  applies the activation ACT first. Same arithmetic as the act_quant kernel (triton_experts.kernels.fused).
-* SUM_SLOTS = k > 0 (DIRECT only): C is a float32 scratch of the (token, slot) rows; each program
-  stores its slot's tile (slots of other ranks' experts, padding ids: nothing), then takes a ticket
-  on the token's counter for its N tile; the last of the token's k * SPLIT_K programs sums the
-  slots into ``out`` (as reduce_topk does, id assertion included) and resets the counter to zero
-  for the next call on the stream.
 """
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
-
-from .fused import act_tile, quant_fp8_groups, sum_slots
 
 
 @triton.jit
@@ -156,16 +142,14 @@ def moe_gemm_bf16(
     # pointers (DIRECT: expert_ids_ptr = the flat top-k ids, sorted_ids_ptr / num_post_padded_ptr unused)
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
     sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr,
-    # SUM_SLOTS > 0: the [M, N] result and the int32 [M, cdiv(N, BLOCK_N)] counters (zero between calls)
-    out_ptr, count_ptr,
     # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
     N, K, num_valid, num_m_blocks, E_GLOBAL, E_LOCAL,
     # strides
-    stride_am, stride_ak, stride_ap, stride_asm, stride_ask,
+    stride_am, stride_ak, stride_asm, stride_ask,
     stride_be, stride_bt, stride_bn, stride_bk,
     stride_bse, stride_bsn, stride_bsk,
     stride_biase, stride_biasn,
-    stride_cm, stride_cn, stride_cs, stride_om,
+    stride_cm, stride_cn, stride_cs,
     # meta
     GROUP_K: tl.constexpr,
     TOP_K: tl.constexpr,
@@ -183,10 +167,6 @@ def moe_gemm_bf16(
     DIRECT: tl.constexpr,
     HAS_MAP: tl.constexpr,
     LOOP_STAGES: tl.constexpr,  # FMA: num_stages (its loads pipeline only when asked); dots: None (Triton's own)
-    A_PROLOGUE: tl.constexpr,  # 0: A as given; 1: quantize A here; 2: activation ACT, then quantize (docstring)
-    ACT: tl.constexpr,
-    A_PARTS: tl.constexpr,
-    SUM_SLOTS: tl.constexpr,  # 0: store C; k: the last program of a token's k slots sums them into out
 ):
     """Variant ``bf16``: A bf16, W dense (16-bit)."""
     # -- which tile ----------------------------------------------------------------------------
@@ -195,8 +175,6 @@ def moe_gemm_bf16(
     pid = pid // SPLIT_K
     FMA: tl.constexpr = BLOCK_M < 16  # fewer rows than tl.dot takes: CUDA-core multiply-adds (see _dot)
     tl.static_assert(BLOCK_M == 1 or not DIRECT, "direct rows are one-row blocks")
-    tl.static_assert(SUM_SLOTS == 0 or DIRECT, "the fused top-k sum needs direct rows")
-    tl.static_assert(A_PROLOGUE == 0 or (FMA and EVEN_K), "the fused A quantization runs on CUDA-core tiles")
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
@@ -210,12 +188,12 @@ def moe_gemm_bf16(
         rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
         row_mask = rows < num_valid
         gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-        inside = (gid >= 0) & (gid < E_GLOBAL)
+        if (gid < 0) | (gid >= E_GLOBAL):
+            return
         if HAS_MAP:
-            expert = tl.load(emap_ptr + tl.where(inside, gid, 0)).to(tl.int64)
+            expert = tl.load(emap_ptr + gid).to(tl.int64)
         else:
             expert = tl.where(gid < E_LOCAL, gid, -1)
-        expert = tl.where(inside, expert, -1)
     else:
         num_post_padded = tl.load(num_post_padded_ptr)
         if pid_m * BLOCK_M >= num_post_padded:
@@ -224,12 +202,8 @@ def moe_gemm_bf16(
         rows = tl.load(sorted_ids_ptr + offs_row).to(tl.int64)
         row_mask = rows < num_valid
         expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-    live = expert >= 0
-    if SUM_SLOTS == 0:
-        if not live:
-            return
-    else:  # a dead slot computes and stores nothing, but counts
-        expert = tl.maximum(expert, 0)
+    if expert < 0:
+        return
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     a_rows = rows // TOP_K
@@ -242,8 +216,6 @@ def moe_gemm_bf16(
         k_per_split = tl.cdiv(k_steps, SPLIT_K)
         k_first = split * k_per_split
         k_steps = tl.minimum(k_first + k_per_split, k_steps)
-    if not live:  # (only with SUM_SLOTS: other dead programs have returned)
-        k_steps = k_first
     for k0 in tl.range(k_first, k_steps, num_stages=LOOP_STAGES):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
         if EVEN_K:
@@ -265,22 +237,8 @@ def moe_gemm_bf16(
         acc += tl.where(split == 0, bias, 0.0)[None, :]
     if MUL_WEIGHT:
         acc *= tl.load(topk_weights_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)[:, None]
-    c_mask = row_mask[:, None] & n_mask[None, :]
-    if SUM_SLOTS > 0:
-        c_mask = c_mask & (offs_n[None, :] < tl.where(live, N, 0))  # (a 0-d mask breaks the CPU interpreter)
     tl.store(c_ptr + split * stride_cs + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn,
-             acc.to(c_ptr.dtype.element_ty), mask=c_mask)
-    if SUM_SLOTS > 0:
-        # the token's k slots x SPLIT_K programs of this N tile each take a ticket; the last sums them
-        tl.debug_barrier()  # every thread's stores issued before the CTA's ticket (release order)
-        token = pid_m // SUM_SLOTS
-        counter = count_ptr + token * num_pid_n + pid_n
-        ticket = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-        if ticket == SUM_SLOTS * SPLIT_K - 1:
-            tl.store(counter, 0)
-            total = sum_slots(c_ptr, expert_ids_ptr, emap_ptr, token, offs_n, N, stride_cm, stride_cs, E_GLOBAL,
-                              E_LOCAL, SUM_SLOTS, HAS_MAP, SPLIT_K, True)
-            tl.store(out_ptr + token * stride_om + offs_n, total.to(out_ptr.dtype.element_ty), mask=n_mask)
+             acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit(do_not_specialize=["num_valid", "num_m_blocks", "E_GLOBAL", "E_LOCAL"])  # one compile, every M
@@ -288,16 +246,14 @@ def moe_gemm_fp8_tensor(
     # pointers (DIRECT: expert_ids_ptr = the flat top-k ids, sorted_ids_ptr / num_post_padded_ptr unused)
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
     sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr,
-    # SUM_SLOTS > 0: the [M, N] result and the int32 [M, cdiv(N, BLOCK_N)] counters (zero between calls)
-    out_ptr, count_ptr,
     # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
     N, K, num_valid, num_m_blocks, E_GLOBAL, E_LOCAL,
     # strides
-    stride_am, stride_ak, stride_ap, stride_asm, stride_ask,
+    stride_am, stride_ak, stride_asm, stride_ask,
     stride_be, stride_bt, stride_bn, stride_bk,
     stride_bse, stride_bsn, stride_bsk,
     stride_biase, stride_biasn,
-    stride_cm, stride_cn, stride_cs, stride_om,
+    stride_cm, stride_cn, stride_cs,
     # meta
     GROUP_K: tl.constexpr,
     TOP_K: tl.constexpr,
@@ -315,10 +271,6 @@ def moe_gemm_fp8_tensor(
     DIRECT: tl.constexpr,
     HAS_MAP: tl.constexpr,
     LOOP_STAGES: tl.constexpr,  # FMA: num_stages (its loads pipeline only when asked); dots: None (Triton's own)
-    A_PROLOGUE: tl.constexpr,  # 0: A as given; 1: quantize A here; 2: activation ACT, then quantize (docstring)
-    ACT: tl.constexpr,
-    A_PARTS: tl.constexpr,
-    SUM_SLOTS: tl.constexpr,  # 0: store C; k: the last program of a token's k slots sums them into out
 ):
     """Variant ``fp8_tensor``: A fp8_tensor, W fp8_tensor (8-bit)."""
     # -- which tile ----------------------------------------------------------------------------
@@ -327,8 +279,6 @@ def moe_gemm_fp8_tensor(
     pid = pid // SPLIT_K
     FMA: tl.constexpr = BLOCK_M < 16  # fewer rows than tl.dot takes: CUDA-core multiply-adds (see _dot)
     tl.static_assert(BLOCK_M == 1 or not DIRECT, "direct rows are one-row blocks")
-    tl.static_assert(SUM_SLOTS == 0 or DIRECT, "the fused top-k sum needs direct rows")
-    tl.static_assert(A_PROLOGUE == 0 or (FMA and EVEN_K), "the fused A quantization runs on CUDA-core tiles")
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
@@ -342,12 +292,12 @@ def moe_gemm_fp8_tensor(
         rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
         row_mask = rows < num_valid
         gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-        inside = (gid >= 0) & (gid < E_GLOBAL)
+        if (gid < 0) | (gid >= E_GLOBAL):
+            return
         if HAS_MAP:
-            expert = tl.load(emap_ptr + tl.where(inside, gid, 0)).to(tl.int64)
+            expert = tl.load(emap_ptr + gid).to(tl.int64)
         else:
             expert = tl.where(gid < E_LOCAL, gid, -1)
-        expert = tl.where(inside, expert, -1)
     else:
         num_post_padded = tl.load(num_post_padded_ptr)
         if pid_m * BLOCK_M >= num_post_padded:
@@ -356,12 +306,8 @@ def moe_gemm_fp8_tensor(
         rows = tl.load(sorted_ids_ptr + offs_row).to(tl.int64)
         row_mask = rows < num_valid
         expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-    live = expert >= 0
-    if SUM_SLOTS == 0:
-        if not live:
-            return
-    else:  # a dead slot computes and stores nothing, but counts
-        expert = tl.maximum(expert, 0)
+    if expert < 0:
+        return
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     a_rows = rows // TOP_K
@@ -374,8 +320,6 @@ def moe_gemm_fp8_tensor(
         k_per_split = tl.cdiv(k_steps, SPLIT_K)
         k_first = split * k_per_split
         k_steps = tl.minimum(k_first + k_per_split, k_steps)
-    if not live:  # (only with SUM_SLOTS: other dead programs have returned)
-        k_steps = k_first
     for k0 in tl.range(k_first, k_steps, num_stages=LOOP_STAGES):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
         if EVEN_K:
@@ -398,22 +342,8 @@ def moe_gemm_fp8_tensor(
         acc += tl.where(split == 0, bias, 0.0)[None, :]
     if MUL_WEIGHT:
         acc *= tl.load(topk_weights_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)[:, None]
-    c_mask = row_mask[:, None] & n_mask[None, :]
-    if SUM_SLOTS > 0:
-        c_mask = c_mask & (offs_n[None, :] < tl.where(live, N, 0))  # (a 0-d mask breaks the CPU interpreter)
     tl.store(c_ptr + split * stride_cs + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn,
-             acc.to(c_ptr.dtype.element_ty), mask=c_mask)
-    if SUM_SLOTS > 0:
-        # the token's k slots x SPLIT_K programs of this N tile each take a ticket; the last sums them
-        tl.debug_barrier()  # every thread's stores issued before the CTA's ticket (release order)
-        token = pid_m // SUM_SLOTS
-        counter = count_ptr + token * num_pid_n + pid_n
-        ticket = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-        if ticket == SUM_SLOTS * SPLIT_K - 1:
-            tl.store(counter, 0)
-            total = sum_slots(c_ptr, expert_ids_ptr, emap_ptr, token, offs_n, N, stride_cm, stride_cs, E_GLOBAL,
-                              E_LOCAL, SUM_SLOTS, HAS_MAP, SPLIT_K, True)
-            tl.store(out_ptr + token * stride_om + offs_n, total.to(out_ptr.dtype.element_ty), mask=n_mask)
+             acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit(do_not_specialize=["num_valid", "num_m_blocks", "E_GLOBAL", "E_LOCAL"])  # one compile, every M
@@ -421,16 +351,14 @@ def moe_gemm_fp8_channel(
     # pointers (DIRECT: expert_ids_ptr = the flat top-k ids, sorted_ids_ptr / num_post_padded_ptr unused)
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
     sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr,
-    # SUM_SLOTS > 0: the [M, N] result and the int32 [M, cdiv(N, BLOCK_N)] counters (zero between calls)
-    out_ptr, count_ptr,
     # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
     N, K, num_valid, num_m_blocks, E_GLOBAL, E_LOCAL,
     # strides
-    stride_am, stride_ak, stride_ap, stride_asm, stride_ask,
+    stride_am, stride_ak, stride_asm, stride_ask,
     stride_be, stride_bt, stride_bn, stride_bk,
     stride_bse, stride_bsn, stride_bsk,
     stride_biase, stride_biasn,
-    stride_cm, stride_cn, stride_cs, stride_om,
+    stride_cm, stride_cn, stride_cs,
     # meta
     GROUP_K: tl.constexpr,
     TOP_K: tl.constexpr,
@@ -448,10 +376,6 @@ def moe_gemm_fp8_channel(
     DIRECT: tl.constexpr,
     HAS_MAP: tl.constexpr,
     LOOP_STAGES: tl.constexpr,  # FMA: num_stages (its loads pipeline only when asked); dots: None (Triton's own)
-    A_PROLOGUE: tl.constexpr,  # 0: A as given; 1: quantize A here; 2: activation ACT, then quantize (docstring)
-    ACT: tl.constexpr,
-    A_PARTS: tl.constexpr,
-    SUM_SLOTS: tl.constexpr,  # 0: store C; k: the last program of a token's k slots sums them into out
 ):
     """Variant ``fp8_channel``: A fp8_token, W fp8_channel (8-bit)."""
     # -- which tile ----------------------------------------------------------------------------
@@ -460,8 +384,6 @@ def moe_gemm_fp8_channel(
     pid = pid // SPLIT_K
     FMA: tl.constexpr = BLOCK_M < 16  # fewer rows than tl.dot takes: CUDA-core multiply-adds (see _dot)
     tl.static_assert(BLOCK_M == 1 or not DIRECT, "direct rows are one-row blocks")
-    tl.static_assert(SUM_SLOTS == 0 or DIRECT, "the fused top-k sum needs direct rows")
-    tl.static_assert(A_PROLOGUE == 0 or (FMA and EVEN_K), "the fused A quantization runs on CUDA-core tiles")
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
@@ -475,12 +397,12 @@ def moe_gemm_fp8_channel(
         rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
         row_mask = rows < num_valid
         gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-        inside = (gid >= 0) & (gid < E_GLOBAL)
+        if (gid < 0) | (gid >= E_GLOBAL):
+            return
         if HAS_MAP:
-            expert = tl.load(emap_ptr + tl.where(inside, gid, 0)).to(tl.int64)
+            expert = tl.load(emap_ptr + gid).to(tl.int64)
         else:
             expert = tl.where(gid < E_LOCAL, gid, -1)
-        expert = tl.where(inside, expert, -1)
     else:
         num_post_padded = tl.load(num_post_padded_ptr)
         if pid_m * BLOCK_M >= num_post_padded:
@@ -489,12 +411,8 @@ def moe_gemm_fp8_channel(
         rows = tl.load(sorted_ids_ptr + offs_row).to(tl.int64)
         row_mask = rows < num_valid
         expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-    live = expert >= 0
-    if SUM_SLOTS == 0:
-        if not live:
-            return
-    else:  # a dead slot computes and stores nothing, but counts
-        expert = tl.maximum(expert, 0)
+    if expert < 0:
+        return
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     a_rows = rows // TOP_K
@@ -507,8 +425,6 @@ def moe_gemm_fp8_channel(
         k_per_split = tl.cdiv(k_steps, SPLIT_K)
         k_first = split * k_per_split
         k_steps = tl.minimum(k_first + k_per_split, k_steps)
-    if not live:  # (only with SUM_SLOTS: other dead programs have returned)
-        k_steps = k_first
     for k0 in tl.range(k_first, k_steps, num_stages=LOOP_STAGES):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
         if EVEN_K:
@@ -533,22 +449,8 @@ def moe_gemm_fp8_channel(
         acc += tl.where(split == 0, bias, 0.0)[None, :]
     if MUL_WEIGHT:
         acc *= tl.load(topk_weights_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)[:, None]
-    c_mask = row_mask[:, None] & n_mask[None, :]
-    if SUM_SLOTS > 0:
-        c_mask = c_mask & (offs_n[None, :] < tl.where(live, N, 0))  # (a 0-d mask breaks the CPU interpreter)
     tl.store(c_ptr + split * stride_cs + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn,
-             acc.to(c_ptr.dtype.element_ty), mask=c_mask)
-    if SUM_SLOTS > 0:
-        # the token's k slots x SPLIT_K programs of this N tile each take a ticket; the last sums them
-        tl.debug_barrier()  # every thread's stores issued before the CTA's ticket (release order)
-        token = pid_m // SUM_SLOTS
-        counter = count_ptr + token * num_pid_n + pid_n
-        ticket = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-        if ticket == SUM_SLOTS * SPLIT_K - 1:
-            tl.store(counter, 0)
-            total = sum_slots(c_ptr, expert_ids_ptr, emap_ptr, token, offs_n, N, stride_cm, stride_cs, E_GLOBAL,
-                              E_LOCAL, SUM_SLOTS, HAS_MAP, SPLIT_K, True)
-            tl.store(out_ptr + token * stride_om + offs_n, total.to(out_ptr.dtype.element_ty), mask=n_mask)
+             acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit(do_not_specialize=["num_valid", "num_m_blocks", "E_GLOBAL", "E_LOCAL"])  # one compile, every M
@@ -556,16 +458,14 @@ def moe_gemm_fp8_block(
     # pointers (DIRECT: expert_ids_ptr = the flat top-k ids, sorted_ids_ptr / num_post_padded_ptr unused)
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
     sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr,
-    # SUM_SLOTS > 0: the [M, N] result and the int32 [M, cdiv(N, BLOCK_N)] counters (zero between calls)
-    out_ptr, count_ptr,
     # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
     N, K, num_valid, num_m_blocks, E_GLOBAL, E_LOCAL,
     # strides
-    stride_am, stride_ak, stride_ap, stride_asm, stride_ask,
+    stride_am, stride_ak, stride_asm, stride_ask,
     stride_be, stride_bt, stride_bn, stride_bk,
     stride_bse, stride_bsn, stride_bsk,
     stride_biase, stride_biasn,
-    stride_cm, stride_cn, stride_cs, stride_om,
+    stride_cm, stride_cn, stride_cs,
     # meta
     GROUP_K: tl.constexpr,
     TOP_K: tl.constexpr,
@@ -583,10 +483,6 @@ def moe_gemm_fp8_block(
     DIRECT: tl.constexpr,
     HAS_MAP: tl.constexpr,
     LOOP_STAGES: tl.constexpr,  # FMA: num_stages (its loads pipeline only when asked); dots: None (Triton's own)
-    A_PROLOGUE: tl.constexpr,  # 0: A as given; 1: quantize A here; 2: activation ACT, then quantize (docstring)
-    ACT: tl.constexpr,
-    A_PARTS: tl.constexpr,
-    SUM_SLOTS: tl.constexpr,  # 0: store C; k: the last program of a token's k slots sums them into out
 ):
     """Variant ``fp8_block``: A fp8_group, W fp8_block (8-bit)."""
     # -- which tile ----------------------------------------------------------------------------
@@ -595,8 +491,6 @@ def moe_gemm_fp8_block(
     pid = pid // SPLIT_K
     FMA: tl.constexpr = BLOCK_M < 16  # fewer rows than tl.dot takes: CUDA-core multiply-adds (see _dot)
     tl.static_assert(BLOCK_M == 1 or not DIRECT, "direct rows are one-row blocks")
-    tl.static_assert(SUM_SLOTS == 0 or DIRECT, "the fused top-k sum needs direct rows")
-    tl.static_assert(A_PROLOGUE == 0 or (FMA and EVEN_K), "the fused A quantization runs on CUDA-core tiles")
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
@@ -610,12 +504,12 @@ def moe_gemm_fp8_block(
         rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
         row_mask = rows < num_valid
         gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-        inside = (gid >= 0) & (gid < E_GLOBAL)
+        if (gid < 0) | (gid >= E_GLOBAL):
+            return
         if HAS_MAP:
-            expert = tl.load(emap_ptr + tl.where(inside, gid, 0)).to(tl.int64)
+            expert = tl.load(emap_ptr + gid).to(tl.int64)
         else:
             expert = tl.where(gid < E_LOCAL, gid, -1)
-        expert = tl.where(inside, expert, -1)
     else:
         num_post_padded = tl.load(num_post_padded_ptr)
         if pid_m * BLOCK_M >= num_post_padded:
@@ -624,12 +518,8 @@ def moe_gemm_fp8_block(
         rows = tl.load(sorted_ids_ptr + offs_row).to(tl.int64)
         row_mask = rows < num_valid
         expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-    live = expert >= 0
-    if SUM_SLOTS == 0:
-        if not live:
-            return
-    else:  # a dead slot computes and stores nothing, but counts
-        expert = tl.maximum(expert, 0)
+    if expert < 0:
+        return
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     a_rows = rows // TOP_K
@@ -642,33 +532,21 @@ def moe_gemm_fp8_block(
         k_per_split = tl.cdiv(k_steps, SPLIT_K)
         k_first = split * k_per_split
         k_steps = tl.minimum(k_first + k_per_split, k_steps)
-    if not live:  # (only with SUM_SLOTS: other dead programs have returned)
-        k_steps = k_first
     for k0 in tl.range(k_first, k_steps, num_stages=LOOP_STAGES):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
-        if A_PROLOGUE == 0:
-            if EVEN_K:
-                a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak, mask=row_mask[:, None],
-                            other=0.0)
-            else:
-                a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
-                            mask=row_mask[:, None] & (offs_k[None, :] < K), other=0.0)
-            a_s = tl.load(a_scale_ptr + a_rows * stride_asm + (k0 * BLOCK_K // 128) * stride_ask, mask=row_mask,
-                          other=0.0)
-        else:  # this K step's A tile is one 1x128 group (BLOCK_K = 128): quantized here, the scale per row
-            a_tile = a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak
-            if A_PROLOGUE == 1:
-                y = tl.load(a_tile, mask=row_mask[:, None], other=0.0).to(tl.float32)
-            else:
-                y = act_tile(a_tile, K * stride_ak, row_mask[:, None], stride_ap, ACT, A_PARTS, False)
-            a, a_s = quant_fp8_groups(y, BLOCK_K)  # a: float32 on the e4m3 grid (the FMA dot's operand type)
-            a_s = a_s.reshape(BLOCK_M)
+        if EVEN_K:
+            a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
+                        mask=row_mask[:, None], other=0.0)
+        else:
+            a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
+                        mask=row_mask[:, None] & (offs_k[None, :] < K), other=0.0)
         if EVEN_K:
             b = tl.load(b_base + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk,
                         mask=n_mask[None, :], other=0.0)
         else:
             b = tl.load(b_base + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk,
                         mask=(offs_k[:, None] < K) & n_mask[None, :], other=0.0)
+        a_s = tl.load(a_scale_ptr + a_rows * stride_asm + (k0 * BLOCK_K // 128) * stride_ask, mask=row_mask, other=0.0)
         b_s = tl.load(b_scale_ptr + expert * stride_bse + (offs_n // 128) * stride_bsn + (k0 * BLOCK_K // 128) * stride_bsk,
                       mask=n_mask, other=0.0)
         acc += _dot(a, b, False, FMA) * a_s[:, None] * b_s[None, :]
@@ -678,22 +556,8 @@ def moe_gemm_fp8_block(
         acc += tl.where(split == 0, bias, 0.0)[None, :]
     if MUL_WEIGHT:
         acc *= tl.load(topk_weights_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)[:, None]
-    c_mask = row_mask[:, None] & n_mask[None, :]
-    if SUM_SLOTS > 0:
-        c_mask = c_mask & (offs_n[None, :] < tl.where(live, N, 0))  # (a 0-d mask breaks the CPU interpreter)
     tl.store(c_ptr + split * stride_cs + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn,
-             acc.to(c_ptr.dtype.element_ty), mask=c_mask)
-    if SUM_SLOTS > 0:
-        # the token's k slots x SPLIT_K programs of this N tile each take a ticket; the last sums them
-        tl.debug_barrier()  # every thread's stores issued before the CTA's ticket (release order)
-        token = pid_m // SUM_SLOTS
-        counter = count_ptr + token * num_pid_n + pid_n
-        ticket = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-        if ticket == SUM_SLOTS * SPLIT_K - 1:
-            tl.store(counter, 0)
-            total = sum_slots(c_ptr, expert_ids_ptr, emap_ptr, token, offs_n, N, stride_cm, stride_cs, E_GLOBAL,
-                              E_LOCAL, SUM_SLOTS, HAS_MAP, SPLIT_K, True)
-            tl.store(out_ptr + token * stride_om + offs_n, total.to(out_ptr.dtype.element_ty), mask=n_mask)
+             acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit(do_not_specialize=["num_valid", "num_m_blocks", "E_GLOBAL", "E_LOCAL"])  # one compile, every M
@@ -701,16 +565,14 @@ def moe_gemm_int8_w8a8(
     # pointers (DIRECT: expert_ids_ptr = the flat top-k ids, sorted_ids_ptr / num_post_padded_ptr unused)
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
     sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr,
-    # SUM_SLOTS > 0: the [M, N] result and the int32 [M, cdiv(N, BLOCK_N)] counters (zero between calls)
-    out_ptr, count_ptr,
     # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
     N, K, num_valid, num_m_blocks, E_GLOBAL, E_LOCAL,
     # strides
-    stride_am, stride_ak, stride_ap, stride_asm, stride_ask,
+    stride_am, stride_ak, stride_asm, stride_ask,
     stride_be, stride_bt, stride_bn, stride_bk,
     stride_bse, stride_bsn, stride_bsk,
     stride_biase, stride_biasn,
-    stride_cm, stride_cn, stride_cs, stride_om,
+    stride_cm, stride_cn, stride_cs,
     # meta
     GROUP_K: tl.constexpr,
     TOP_K: tl.constexpr,
@@ -728,10 +590,6 @@ def moe_gemm_int8_w8a8(
     DIRECT: tl.constexpr,
     HAS_MAP: tl.constexpr,
     LOOP_STAGES: tl.constexpr,  # FMA: num_stages (its loads pipeline only when asked); dots: None (Triton's own)
-    A_PROLOGUE: tl.constexpr,  # 0: A as given; 1: quantize A here; 2: activation ACT, then quantize (docstring)
-    ACT: tl.constexpr,
-    A_PARTS: tl.constexpr,
-    SUM_SLOTS: tl.constexpr,  # 0: store C; k: the last program of a token's k slots sums them into out
 ):
     """Variant ``int8_w8a8``: A int8_token, W int8_channel (8-bit)."""
     # -- which tile ----------------------------------------------------------------------------
@@ -740,8 +598,6 @@ def moe_gemm_int8_w8a8(
     pid = pid // SPLIT_K
     FMA: tl.constexpr = BLOCK_M < 16  # fewer rows than tl.dot takes: CUDA-core multiply-adds (see _dot)
     tl.static_assert(BLOCK_M == 1 or not DIRECT, "direct rows are one-row blocks")
-    tl.static_assert(SUM_SLOTS == 0 or DIRECT, "the fused top-k sum needs direct rows")
-    tl.static_assert(A_PROLOGUE == 0 or (FMA and EVEN_K), "the fused A quantization runs on CUDA-core tiles")
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
@@ -755,12 +611,12 @@ def moe_gemm_int8_w8a8(
         rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
         row_mask = rows < num_valid
         gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-        inside = (gid >= 0) & (gid < E_GLOBAL)
+        if (gid < 0) | (gid >= E_GLOBAL):
+            return
         if HAS_MAP:
-            expert = tl.load(emap_ptr + tl.where(inside, gid, 0)).to(tl.int64)
+            expert = tl.load(emap_ptr + gid).to(tl.int64)
         else:
             expert = tl.where(gid < E_LOCAL, gid, -1)
-        expert = tl.where(inside, expert, -1)
     else:
         num_post_padded = tl.load(num_post_padded_ptr)
         if pid_m * BLOCK_M >= num_post_padded:
@@ -769,12 +625,8 @@ def moe_gemm_int8_w8a8(
         rows = tl.load(sorted_ids_ptr + offs_row).to(tl.int64)
         row_mask = rows < num_valid
         expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-    live = expert >= 0
-    if SUM_SLOTS == 0:
-        if not live:
-            return
-    else:  # a dead slot computes and stores nothing, but counts
-        expert = tl.maximum(expert, 0)
+    if expert < 0:
+        return
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     a_rows = rows // TOP_K
@@ -787,8 +639,6 @@ def moe_gemm_int8_w8a8(
         k_per_split = tl.cdiv(k_steps, SPLIT_K)
         k_first = split * k_per_split
         k_steps = tl.minimum(k_first + k_per_split, k_steps)
-    if not live:  # (only with SUM_SLOTS: other dead programs have returned)
-        k_steps = k_first
     for k0 in tl.range(k_first, k_steps, num_stages=LOOP_STAGES):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
         if EVEN_K:
@@ -813,22 +663,8 @@ def moe_gemm_int8_w8a8(
         acc += tl.where(split == 0, bias, 0.0)[None, :]
     if MUL_WEIGHT:
         acc *= tl.load(topk_weights_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)[:, None]
-    c_mask = row_mask[:, None] & n_mask[None, :]
-    if SUM_SLOTS > 0:
-        c_mask = c_mask & (offs_n[None, :] < tl.where(live, N, 0))  # (a 0-d mask breaks the CPU interpreter)
     tl.store(c_ptr + split * stride_cs + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn,
-             acc.to(c_ptr.dtype.element_ty), mask=c_mask)
-    if SUM_SLOTS > 0:
-        # the token's k slots x SPLIT_K programs of this N tile each take a ticket; the last sums them
-        tl.debug_barrier()  # every thread's stores issued before the CTA's ticket (release order)
-        token = pid_m // SUM_SLOTS
-        counter = count_ptr + token * num_pid_n + pid_n
-        ticket = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-        if ticket == SUM_SLOTS * SPLIT_K - 1:
-            tl.store(counter, 0)
-            total = sum_slots(c_ptr, expert_ids_ptr, emap_ptr, token, offs_n, N, stride_cm, stride_cs, E_GLOBAL,
-                              E_LOCAL, SUM_SLOTS, HAS_MAP, SPLIT_K, True)
-            tl.store(out_ptr + token * stride_om + offs_n, total.to(out_ptr.dtype.element_ty), mask=n_mask)
+             acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit(do_not_specialize=["num_valid", "num_m_blocks", "E_GLOBAL", "E_LOCAL"])  # one compile, every M
@@ -836,16 +672,14 @@ def moe_gemm_int4_w4a16(
     # pointers (DIRECT: expert_ids_ptr = the flat top-k ids, sorted_ids_ptr / num_post_padded_ptr unused)
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
     sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr,
-    # SUM_SLOTS > 0: the [M, N] result and the int32 [M, cdiv(N, BLOCK_N)] counters (zero between calls)
-    out_ptr, count_ptr,
     # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
     N, K, num_valid, num_m_blocks, E_GLOBAL, E_LOCAL,
     # strides
-    stride_am, stride_ak, stride_ap, stride_asm, stride_ask,
+    stride_am, stride_ak, stride_asm, stride_ask,
     stride_be, stride_bt, stride_bn, stride_bk,
     stride_bse, stride_bsn, stride_bsk,
     stride_biase, stride_biasn,
-    stride_cm, stride_cn, stride_cs, stride_om,
+    stride_cm, stride_cn, stride_cs,
     # meta
     GROUP_K: tl.constexpr,
     TOP_K: tl.constexpr,
@@ -863,10 +697,6 @@ def moe_gemm_int4_w4a16(
     DIRECT: tl.constexpr,
     HAS_MAP: tl.constexpr,
     LOOP_STAGES: tl.constexpr,  # FMA: num_stages (its loads pipeline only when asked); dots: None (Triton's own)
-    A_PROLOGUE: tl.constexpr,  # 0: A as given; 1: quantize A here; 2: activation ACT, then quantize (docstring)
-    ACT: tl.constexpr,
-    A_PARTS: tl.constexpr,
-    SUM_SLOTS: tl.constexpr,  # 0: store C; k: the last program of a token's k slots sums them into out
 ):
     """Variant ``int4_w4a16``: A bf16, W int_group (4-bit)."""
     # -- which tile ----------------------------------------------------------------------------
@@ -875,8 +705,6 @@ def moe_gemm_int4_w4a16(
     pid = pid // SPLIT_K
     FMA: tl.constexpr = BLOCK_M < 16  # fewer rows than tl.dot takes: CUDA-core multiply-adds (see _dot)
     tl.static_assert(BLOCK_M == 1 or not DIRECT, "direct rows are one-row blocks")
-    tl.static_assert(SUM_SLOTS == 0 or DIRECT, "the fused top-k sum needs direct rows")
-    tl.static_assert(A_PROLOGUE == 0 or (FMA and EVEN_K), "the fused A quantization runs on CUDA-core tiles")
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
@@ -890,12 +718,12 @@ def moe_gemm_int4_w4a16(
         rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
         row_mask = rows < num_valid
         gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-        inside = (gid >= 0) & (gid < E_GLOBAL)
+        if (gid < 0) | (gid >= E_GLOBAL):
+            return
         if HAS_MAP:
-            expert = tl.load(emap_ptr + tl.where(inside, gid, 0)).to(tl.int64)
+            expert = tl.load(emap_ptr + gid).to(tl.int64)
         else:
             expert = tl.where(gid < E_LOCAL, gid, -1)
-        expert = tl.where(inside, expert, -1)
     else:
         num_post_padded = tl.load(num_post_padded_ptr)
         if pid_m * BLOCK_M >= num_post_padded:
@@ -904,12 +732,8 @@ def moe_gemm_int4_w4a16(
         rows = tl.load(sorted_ids_ptr + offs_row).to(tl.int64)
         row_mask = rows < num_valid
         expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-    live = expert >= 0
-    if SUM_SLOTS == 0:
-        if not live:
-            return
-    else:  # a dead slot computes and stores nothing, but counts
-        expert = tl.maximum(expert, 0)
+    if expert < 0:
+        return
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     a_rows = rows // TOP_K
@@ -923,8 +747,6 @@ def moe_gemm_int4_w4a16(
         k_per_split = tl.cdiv(k_steps, SPLIT_K)
         k_first = split * k_per_split
         k_steps = tl.minimum(k_first + k_per_split, k_steps)
-    if not live:  # (only with SUM_SLOTS: other dead programs have returned)
-        k_steps = k_first
     for k0 in tl.range(k_first, k_steps, num_stages=LOOP_STAGES):
         if BLOCK_K <= GROUP_K and BLOCK_M <= 16:
             # codes path (decode tiles of one quantization group): the even-k and odd-k halves of the
@@ -974,22 +796,8 @@ def moe_gemm_int4_w4a16(
         acc += tl.where(split == 0, bias, 0.0)[None, :]
     if MUL_WEIGHT:
         acc *= tl.load(topk_weights_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)[:, None]
-    c_mask = row_mask[:, None] & n_mask[None, :]
-    if SUM_SLOTS > 0:
-        c_mask = c_mask & (offs_n[None, :] < tl.where(live, N, 0))  # (a 0-d mask breaks the CPU interpreter)
     tl.store(c_ptr + split * stride_cs + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn,
-             acc.to(c_ptr.dtype.element_ty), mask=c_mask)
-    if SUM_SLOTS > 0:
-        # the token's k slots x SPLIT_K programs of this N tile each take a ticket; the last sums them
-        tl.debug_barrier()  # every thread's stores issued before the CTA's ticket (release order)
-        token = pid_m // SUM_SLOTS
-        counter = count_ptr + token * num_pid_n + pid_n
-        ticket = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-        if ticket == SUM_SLOTS * SPLIT_K - 1:
-            tl.store(counter, 0)
-            total = sum_slots(c_ptr, expert_ids_ptr, emap_ptr, token, offs_n, N, stride_cm, stride_cs, E_GLOBAL,
-                              E_LOCAL, SUM_SLOTS, HAS_MAP, SPLIT_K, True)
-            tl.store(out_ptr + token * stride_om + offs_n, total.to(out_ptr.dtype.element_ty), mask=n_mask)
+             acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit(do_not_specialize=["num_valid", "num_m_blocks", "E_GLOBAL", "E_LOCAL"])  # one compile, every M
@@ -997,16 +805,14 @@ def moe_gemm_int8_w8a16(
     # pointers (DIRECT: expert_ids_ptr = the flat top-k ids, sorted_ids_ptr / num_post_padded_ptr unused)
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
     sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr,
-    # SUM_SLOTS > 0: the [M, N] result and the int32 [M, cdiv(N, BLOCK_N)] counters (zero between calls)
-    out_ptr, count_ptr,
     # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
     N, K, num_valid, num_m_blocks, E_GLOBAL, E_LOCAL,
     # strides
-    stride_am, stride_ak, stride_ap, stride_asm, stride_ask,
+    stride_am, stride_ak, stride_asm, stride_ask,
     stride_be, stride_bt, stride_bn, stride_bk,
     stride_bse, stride_bsn, stride_bsk,
     stride_biase, stride_biasn,
-    stride_cm, stride_cn, stride_cs, stride_om,
+    stride_cm, stride_cn, stride_cs,
     # meta
     GROUP_K: tl.constexpr,
     TOP_K: tl.constexpr,
@@ -1024,10 +830,6 @@ def moe_gemm_int8_w8a16(
     DIRECT: tl.constexpr,
     HAS_MAP: tl.constexpr,
     LOOP_STAGES: tl.constexpr,  # FMA: num_stages (its loads pipeline only when asked); dots: None (Triton's own)
-    A_PROLOGUE: tl.constexpr,  # 0: A as given; 1: quantize A here; 2: activation ACT, then quantize (docstring)
-    ACT: tl.constexpr,
-    A_PARTS: tl.constexpr,
-    SUM_SLOTS: tl.constexpr,  # 0: store C; k: the last program of a token's k slots sums them into out
 ):
     """Variant ``int8_w8a16``: A bf16, W int_group (8-bit)."""
     # -- which tile ----------------------------------------------------------------------------
@@ -1036,8 +838,6 @@ def moe_gemm_int8_w8a16(
     pid = pid // SPLIT_K
     FMA: tl.constexpr = BLOCK_M < 16  # fewer rows than tl.dot takes: CUDA-core multiply-adds (see _dot)
     tl.static_assert(BLOCK_M == 1 or not DIRECT, "direct rows are one-row blocks")
-    tl.static_assert(SUM_SLOTS == 0 or DIRECT, "the fused top-k sum needs direct rows")
-    tl.static_assert(A_PROLOGUE == 0 or (FMA and EVEN_K), "the fused A quantization runs on CUDA-core tiles")
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
@@ -1051,12 +851,12 @@ def moe_gemm_int8_w8a16(
         rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
         row_mask = rows < num_valid
         gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-        inside = (gid >= 0) & (gid < E_GLOBAL)
+        if (gid < 0) | (gid >= E_GLOBAL):
+            return
         if HAS_MAP:
-            expert = tl.load(emap_ptr + tl.where(inside, gid, 0)).to(tl.int64)
+            expert = tl.load(emap_ptr + gid).to(tl.int64)
         else:
             expert = tl.where(gid < E_LOCAL, gid, -1)
-        expert = tl.where(inside, expert, -1)
     else:
         num_post_padded = tl.load(num_post_padded_ptr)
         if pid_m * BLOCK_M >= num_post_padded:
@@ -1065,12 +865,8 @@ def moe_gemm_int8_w8a16(
         rows = tl.load(sorted_ids_ptr + offs_row).to(tl.int64)
         row_mask = rows < num_valid
         expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-    live = expert >= 0
-    if SUM_SLOTS == 0:
-        if not live:
-            return
-    else:  # a dead slot computes and stores nothing, but counts
-        expert = tl.maximum(expert, 0)
+    if expert < 0:
+        return
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     a_rows = rows // TOP_K
@@ -1083,8 +879,6 @@ def moe_gemm_int8_w8a16(
         k_per_split = tl.cdiv(k_steps, SPLIT_K)
         k_first = split * k_per_split
         k_steps = tl.minimum(k_first + k_per_split, k_steps)
-    if not live:  # (only with SUM_SLOTS: other dead programs have returned)
-        k_steps = k_first
     for k0 in tl.range(k_first, k_steps, num_stages=LOOP_STAGES):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
         if EVEN_K:
@@ -1113,22 +907,8 @@ def moe_gemm_int8_w8a16(
         acc += tl.where(split == 0, bias, 0.0)[None, :]
     if MUL_WEIGHT:
         acc *= tl.load(topk_weights_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)[:, None]
-    c_mask = row_mask[:, None] & n_mask[None, :]
-    if SUM_SLOTS > 0:
-        c_mask = c_mask & (offs_n[None, :] < tl.where(live, N, 0))  # (a 0-d mask breaks the CPU interpreter)
     tl.store(c_ptr + split * stride_cs + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn,
-             acc.to(c_ptr.dtype.element_ty), mask=c_mask)
-    if SUM_SLOTS > 0:
-        # the token's k slots x SPLIT_K programs of this N tile each take a ticket; the last sums them
-        tl.debug_barrier()  # every thread's stores issued before the CTA's ticket (release order)
-        token = pid_m // SUM_SLOTS
-        counter = count_ptr + token * num_pid_n + pid_n
-        ticket = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-        if ticket == SUM_SLOTS * SPLIT_K - 1:
-            tl.store(counter, 0)
-            total = sum_slots(c_ptr, expert_ids_ptr, emap_ptr, token, offs_n, N, stride_cm, stride_cs, E_GLOBAL,
-                              E_LOCAL, SUM_SLOTS, HAS_MAP, SPLIT_K, True)
-            tl.store(out_ptr + token * stride_om + offs_n, total.to(out_ptr.dtype.element_ty), mask=n_mask)
+             acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit(do_not_specialize=["num_valid", "num_m_blocks", "E_GLOBAL", "E_LOCAL"])  # one compile, every M
@@ -1136,16 +916,14 @@ def moe_gemm_mxfp8(
     # pointers (DIRECT: expert_ids_ptr = the flat top-k ids, sorted_ids_ptr / num_post_padded_ptr unused)
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
     sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr,
-    # SUM_SLOTS > 0: the [M, N] result and the int32 [M, cdiv(N, BLOCK_N)] counters (zero between calls)
-    out_ptr, count_ptr,
     # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
     N, K, num_valid, num_m_blocks, E_GLOBAL, E_LOCAL,
     # strides
-    stride_am, stride_ak, stride_ap, stride_asm, stride_ask,
+    stride_am, stride_ak, stride_asm, stride_ask,
     stride_be, stride_bt, stride_bn, stride_bk,
     stride_bse, stride_bsn, stride_bsk,
     stride_biase, stride_biasn,
-    stride_cm, stride_cn, stride_cs, stride_om,
+    stride_cm, stride_cn, stride_cs,
     # meta
     GROUP_K: tl.constexpr,
     TOP_K: tl.constexpr,
@@ -1163,10 +941,6 @@ def moe_gemm_mxfp8(
     DIRECT: tl.constexpr,
     HAS_MAP: tl.constexpr,
     LOOP_STAGES: tl.constexpr,  # FMA: num_stages (its loads pipeline only when asked); dots: None (Triton's own)
-    A_PROLOGUE: tl.constexpr,  # 0: A as given; 1: quantize A here; 2: activation ACT, then quantize (docstring)
-    ACT: tl.constexpr,
-    A_PARTS: tl.constexpr,
-    SUM_SLOTS: tl.constexpr,  # 0: store C; k: the last program of a token's k slots sums them into out
 ):
     """Variant ``mxfp8``: A mx, W mxfp8 (8-bit)."""
     # -- which tile ----------------------------------------------------------------------------
@@ -1175,8 +949,6 @@ def moe_gemm_mxfp8(
     pid = pid // SPLIT_K
     FMA: tl.constexpr = BLOCK_M < 16  # fewer rows than tl.dot takes: CUDA-core multiply-adds (see _dot)
     tl.static_assert(BLOCK_M == 1 or not DIRECT, "direct rows are one-row blocks")
-    tl.static_assert(SUM_SLOTS == 0 or DIRECT, "the fused top-k sum needs direct rows")
-    tl.static_assert(A_PROLOGUE == 0 or (FMA and EVEN_K), "the fused A quantization runs on CUDA-core tiles")
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
@@ -1190,12 +962,12 @@ def moe_gemm_mxfp8(
         rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
         row_mask = rows < num_valid
         gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-        inside = (gid >= 0) & (gid < E_GLOBAL)
+        if (gid < 0) | (gid >= E_GLOBAL):
+            return
         if HAS_MAP:
-            expert = tl.load(emap_ptr + tl.where(inside, gid, 0)).to(tl.int64)
+            expert = tl.load(emap_ptr + gid).to(tl.int64)
         else:
             expert = tl.where(gid < E_LOCAL, gid, -1)
-        expert = tl.where(inside, expert, -1)
     else:
         num_post_padded = tl.load(num_post_padded_ptr)
         if pid_m * BLOCK_M >= num_post_padded:
@@ -1204,12 +976,8 @@ def moe_gemm_mxfp8(
         rows = tl.load(sorted_ids_ptr + offs_row).to(tl.int64)
         row_mask = rows < num_valid
         expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-    live = expert >= 0
-    if SUM_SLOTS == 0:
-        if not live:
-            return
-    else:  # a dead slot computes and stores nothing, but counts
-        expert = tl.maximum(expert, 0)
+    if expert < 0:
+        return
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     a_rows = rows // TOP_K
@@ -1222,8 +990,6 @@ def moe_gemm_mxfp8(
         k_per_split = tl.cdiv(k_steps, SPLIT_K)
         k_first = split * k_per_split
         k_steps = tl.minimum(k_first + k_per_split, k_steps)
-    if not live:  # (only with SUM_SLOTS: other dead programs have returned)
-        k_steps = k_first
     for k0 in tl.range(k_first, k_steps, num_stages=LOOP_STAGES):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
         if EVEN_K:
@@ -1249,22 +1015,8 @@ def moe_gemm_mxfp8(
         acc += tl.where(split == 0, bias, 0.0)[None, :]
     if MUL_WEIGHT:
         acc *= tl.load(topk_weights_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)[:, None]
-    c_mask = row_mask[:, None] & n_mask[None, :]
-    if SUM_SLOTS > 0:
-        c_mask = c_mask & (offs_n[None, :] < tl.where(live, N, 0))  # (a 0-d mask breaks the CPU interpreter)
     tl.store(c_ptr + split * stride_cs + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn,
-             acc.to(c_ptr.dtype.element_ty), mask=c_mask)
-    if SUM_SLOTS > 0:
-        # the token's k slots x SPLIT_K programs of this N tile each take a ticket; the last sums them
-        tl.debug_barrier()  # every thread's stores issued before the CTA's ticket (release order)
-        token = pid_m // SUM_SLOTS
-        counter = count_ptr + token * num_pid_n + pid_n
-        ticket = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-        if ticket == SUM_SLOTS * SPLIT_K - 1:
-            tl.store(counter, 0)
-            total = sum_slots(c_ptr, expert_ids_ptr, emap_ptr, token, offs_n, N, stride_cm, stride_cs, E_GLOBAL,
-                              E_LOCAL, SUM_SLOTS, HAS_MAP, SPLIT_K, True)
-            tl.store(out_ptr + token * stride_om + offs_n, total.to(out_ptr.dtype.element_ty), mask=n_mask)
+             acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit(do_not_specialize=["num_valid", "num_m_blocks", "E_GLOBAL", "E_LOCAL"])  # one compile, every M
@@ -1272,16 +1024,14 @@ def moe_gemm_mxfp4(
     # pointers (DIRECT: expert_ids_ptr = the flat top-k ids, sorted_ids_ptr / num_post_padded_ptr unused)
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, b_zero_ptr, bias_ptr, c_ptr, topk_weights_ptr,
     sorted_ids_ptr, expert_ids_ptr, num_post_padded_ptr, emap_ptr,
-    # SUM_SLOTS > 0: the [M, N] result and the int32 [M, cdiv(N, BLOCK_N)] counters (zero between calls)
-    out_ptr, count_ptr,
     # sizes (num_m_blocks: row blocks in the launch grid, an upper bound of the aligned blocks)
     N, K, num_valid, num_m_blocks, E_GLOBAL, E_LOCAL,
     # strides
-    stride_am, stride_ak, stride_ap, stride_asm, stride_ask,
+    stride_am, stride_ak, stride_asm, stride_ask,
     stride_be, stride_bt, stride_bn, stride_bk,
     stride_bse, stride_bsn, stride_bsk,
     stride_biase, stride_biasn,
-    stride_cm, stride_cn, stride_cs, stride_om,
+    stride_cm, stride_cn, stride_cs,
     # meta
     GROUP_K: tl.constexpr,
     TOP_K: tl.constexpr,
@@ -1299,10 +1049,6 @@ def moe_gemm_mxfp4(
     DIRECT: tl.constexpr,
     HAS_MAP: tl.constexpr,
     LOOP_STAGES: tl.constexpr,  # FMA: num_stages (its loads pipeline only when asked); dots: None (Triton's own)
-    A_PROLOGUE: tl.constexpr,  # 0: A as given; 1: quantize A here; 2: activation ACT, then quantize (docstring)
-    ACT: tl.constexpr,
-    A_PARTS: tl.constexpr,
-    SUM_SLOTS: tl.constexpr,  # 0: store C; k: the last program of a token's k slots sums them into out
 ):
     """Variant ``mxfp4``: A bf16, W mxfp4 (4-bit)."""
     # -- which tile ----------------------------------------------------------------------------
@@ -1311,8 +1057,6 @@ def moe_gemm_mxfp4(
     pid = pid // SPLIT_K
     FMA: tl.constexpr = BLOCK_M < 16  # fewer rows than tl.dot takes: CUDA-core multiply-adds (see _dot)
     tl.static_assert(BLOCK_M == 1 or not DIRECT, "direct rows are one-row blocks")
-    tl.static_assert(SUM_SLOTS == 0 or DIRECT, "the fused top-k sum needs direct rows")
-    tl.static_assert(A_PROLOGUE == 0 or (FMA and EVEN_K), "the fused A quantization runs on CUDA-core tiles")
     num_pid_m = num_m_blocks
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * num_pid_n)
@@ -1326,12 +1070,12 @@ def moe_gemm_mxfp4(
         rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
         row_mask = rows < num_valid
         gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-        inside = (gid >= 0) & (gid < E_GLOBAL)
+        if (gid < 0) | (gid >= E_GLOBAL):
+            return
         if HAS_MAP:
-            expert = tl.load(emap_ptr + tl.where(inside, gid, 0)).to(tl.int64)
+            expert = tl.load(emap_ptr + gid).to(tl.int64)
         else:
             expert = tl.where(gid < E_LOCAL, gid, -1)
-        expert = tl.where(inside, expert, -1)
     else:
         num_post_padded = tl.load(num_post_padded_ptr)
         if pid_m * BLOCK_M >= num_post_padded:
@@ -1340,12 +1084,8 @@ def moe_gemm_mxfp4(
         rows = tl.load(sorted_ids_ptr + offs_row).to(tl.int64)
         row_mask = rows < num_valid
         expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-    live = expert >= 0
-    if SUM_SLOTS == 0:
-        if not live:
-            return
-    else:  # a dead slot computes and stores nothing, but counts
-        expert = tl.maximum(expert, 0)
+    if expert < 0:
+        return
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     a_rows = rows // TOP_K
@@ -1358,8 +1098,6 @@ def moe_gemm_mxfp4(
         k_per_split = tl.cdiv(k_steps, SPLIT_K)
         k_first = split * k_per_split
         k_steps = tl.minimum(k_first + k_per_split, k_steps)
-    if not live:  # (only with SUM_SLOTS: other dead programs have returned)
-        k_steps = k_first
     for k0 in tl.range(k_first, k_steps, num_stages=LOOP_STAGES):
         offs_k = k0 * BLOCK_K + tl.arange(0, BLOCK_K)
         if EVEN_K:
@@ -1383,22 +1121,8 @@ def moe_gemm_mxfp4(
         acc += tl.where(split == 0, bias, 0.0)[None, :]
     if MUL_WEIGHT:
         acc *= tl.load(topk_weights_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)[:, None]
-    c_mask = row_mask[:, None] & n_mask[None, :]
-    if SUM_SLOTS > 0:
-        c_mask = c_mask & (offs_n[None, :] < tl.where(live, N, 0))  # (a 0-d mask breaks the CPU interpreter)
     tl.store(c_ptr + split * stride_cs + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn,
-             acc.to(c_ptr.dtype.element_ty), mask=c_mask)
-    if SUM_SLOTS > 0:
-        # the token's k slots x SPLIT_K programs of this N tile each take a ticket; the last sums them
-        tl.debug_barrier()  # every thread's stores issued before the CTA's ticket (release order)
-        token = pid_m // SUM_SLOTS
-        counter = count_ptr + token * num_pid_n + pid_n
-        ticket = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-        if ticket == SUM_SLOTS * SPLIT_K - 1:
-            tl.store(counter, 0)
-            total = sum_slots(c_ptr, expert_ids_ptr, emap_ptr, token, offs_n, N, stride_cm, stride_cs, E_GLOBAL,
-                              E_LOCAL, SUM_SLOTS, HAS_MAP, SPLIT_K, True)
-            tl.store(out_ptr + token * stride_om + offs_n, total.to(out_ptr.dtype.element_ty), mask=n_mask)
+             acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
 
 KERNELS = {

@@ -96,21 +96,34 @@ def _round_e4m3(v):
 
 
 @triton.jit
-def _load_sum(ptrs, mask, stride_p, PARTS: tl.constexpr, EVEN: tl.constexpr):
-    """float32 sum of PARTS partial tiles (split-K GEMM outputs) at ``ptrs + p * stride_p``."""
-    x = tl.zeros(ptrs.shape, dtype=tl.float32)
+def _load_row(x_row, cols, mask, stride_xp, PARTS: tl.constexpr, EVEN: tl.constexpr):
+    """float32 sum of PARTS partial rows (split-K GEMM outputs) at ``x_row + p * stride_xp``."""
+    x = tl.zeros(cols.shape, dtype=tl.float32)
     for p in tl.static_range(PARTS):
         if EVEN:
-            x += tl.load(ptrs + p * stride_p).to(tl.float32)
+            x += tl.load(x_row + p * stride_xp + cols).to(tl.float32)
         else:
-            x += tl.load(ptrs + p * stride_p, mask=mask, other=0.0).to(tl.float32)
+            x += tl.load(x_row + p * stride_xp + cols, mask=mask, other=0.0).to(tl.float32)
     return x
 
 
 @triton.jit
-def activation(x, up, ACT: tl.constexpr):
-    """The expert activation in float32 on ``x`` (the gate half for the gated ACT codes, whose ``up``
-    is the other half; ``up`` is unused otherwise)."""
+def act_quant(x_ptr, q_ptr, s_ptr, WIDTH, stride_xm, stride_xp, stride_qm, stride_sm,
+              ACT: tl.constexpr, QUANT: tl.constexpr, GROUP: tl.constexpr, BLOCK: tl.constexpr,
+              EVEN: tl.constexpr, PARTS: tl.constexpr):
+    """Row ``pid(0)``, columns ``pid(1) * BLOCK ...``: ``y = act(x)`` (gated: ``x = [gate | up]`` of
+    width ``2 * WIDTH``; x the sum of PARTS split-K partials ``stride_xp`` apart), computed in
+    float32, then stored as a plain cast (Q_NONE) or as fp8 e4m3
+    codes with one float32 scale per GROUP columns (Q_FP8_GROUP; a whole row when GROUP = BLOCK):
+    ``scale = max(absmax, 1e-10) / 448``, ``q = fp8(clamp(y / scale, -448, 448))`` with true divisions,
+    as moe_oracle.reference.activation_quant does."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < WIDTH
+    x_row = x_ptr + row * stride_xm
+    x = _load_row(x_row, cols, mask, stride_xp, PARTS, EVEN)
+    if ACT == 1 or ACT == 2 or ACT == 3 or ACT == 4:  # noqa: PLR1714 (constexpr compares in a Triton kernel)
+        up = _load_row(x_row + WIDTH, cols, mask, stride_xp, PARTS, EVEN)
     if ACT == 1:
         y = x * _sigmoid(x) * up
     elif ACT == 2:
@@ -131,48 +144,6 @@ def activation(x, up, ACT: tl.constexpr):
         y = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
     else:
         y = x
-    return y
-
-
-@triton.jit
-def act_tile(x_ptrs, up_offset, mask, stride_xp, ACT: tl.constexpr, PARTS: tl.constexpr, EVEN: tl.constexpr):
-    """:func:`activation` of a tile of a GEMM1 output (each element the sum of PARTS split-K partials
-    ``stride_xp`` apart); the gated codes read the up half at ``x_ptrs + up_offset``. float32."""
-    x = _load_sum(x_ptrs, mask, stride_xp, PARTS, EVEN)
-    if ACT == 1 or ACT == 2 or ACT == 3 or ACT == 4:  # noqa: PLR1714 (constexpr compares in a Triton kernel)
-        up = _load_sum(x_ptrs + up_offset, mask, stride_xp, PARTS, EVEN)
-    else:
-        up = x
-    return activation(x, up, ACT)
-
-
-@triton.jit
-def quant_fp8_groups(y, GROUP: tl.constexpr):
-    """Dynamic fp8 e4m3 quantization of float32 ``y`` [R, C] per 1xGROUP group (C a multiple of GROUP;
-    zeros in masked-off columns): ``scale = max(absmax, 1e-10) / 448``, ``q = clamp(y / scale, -448, 448)``
-    rounded to the e4m3 grid, with true divisions, as moe_oracle.reference.activation_quant does.
-    Returns (q [R, C] float32 on the e4m3 grid: its cast to e4m3 is exact, scale [R, C / GROUP])."""
-    R: tl.constexpr = y.shape[0]
-    C: tl.constexpr = y.shape[1]
-    y3 = y.reshape(R, C // GROUP, GROUP)
-    amax = tl.max(tl.abs(y3), 2)
-    scale = tl.math.div_rn(tl.maximum(amax, 1e-10), tl.full(amax.shape, 448.0, tl.float32))
-    q = tl.math.div_rn(y3, tl.broadcast_to(scale[:, :, None], y3.shape))
-    return _round_e4m3(tl.minimum(tl.maximum(q, -448.0), 448.0)).reshape(R, C), scale
-
-
-@triton.jit
-def act_quant(x_ptr, q_ptr, s_ptr, WIDTH, stride_xm, stride_xp, stride_qm, stride_sm,
-              ACT: tl.constexpr, QUANT: tl.constexpr, GROUP: tl.constexpr, BLOCK: tl.constexpr,
-              EVEN: tl.constexpr, PARTS: tl.constexpr):
-    """Row ``pid(0)``, columns ``pid(1) * BLOCK ...``: ``y = activation(x)`` (gated: ``x = [gate | up]``
-    of width ``2 * WIDTH``; x the sum of PARTS split-K partials ``stride_xp`` apart), computed in
-    float32, then stored as a plain cast (Q_NONE) or as fp8 e4m3 codes with one float32 scale per
-    GROUP columns (Q_FP8_GROUP, :func:`quant_fp8_groups`; a whole row when GROUP = BLOCK)."""
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < WIDTH
-    y = act_tile(x_ptr + row * stride_xm + cols, WIDTH, mask, stride_xp, ACT, PARTS, EVEN)
     q_row = q_ptr + row * stride_qm
     if QUANT == 0:
         if EVEN:
@@ -180,38 +151,17 @@ def act_quant(x_ptr, q_ptr, s_ptr, WIDTH, stride_xm, stride_xp, stride_qm, strid
         else:
             tl.store(q_row + cols, y.to(q_ptr.dtype.element_ty), mask=mask)
     else:
-        q, scale = quant_fp8_groups(tl.where(mask, y, 0.0).reshape(1, BLOCK), GROUP)
-        q = q.reshape(BLOCK).to(q_ptr.dtype.element_ty)
+        y2 = tl.where(mask, y, 0.0).reshape(BLOCK // GROUP, GROUP)
+        amax = tl.max(tl.abs(y2), 1)
+        scale = tl.math.div_rn(tl.maximum(amax, 1e-10), tl.full(amax.shape, 448.0, tl.float32))
+        q = tl.math.div_rn(y2, tl.broadcast_to(scale[:, None], y2.shape))
+        q = _round_e4m3(tl.minimum(tl.maximum(q, -448.0), 448.0)).reshape(BLOCK).to(q_ptr.dtype.element_ty)
         if EVEN:
             tl.store(q_row + cols, q)
         else:
             tl.store(q_row + cols, q, mask=mask)
         groups = tl.program_id(1) * (BLOCK // GROUP) + tl.arange(0, BLOCK // GROUP)
-        tl.store(s_ptr + row * stride_sm + groups, scale.reshape(BLOCK // GROUP), mask=groups * GROUP < WIDTH)
-
-
-@triton.jit
-def sum_slots(y_ptr, ids_ptr, emap_ptr, t, cols, width, stride_ym, stride_yp, E_GLOBAL, E_LOCAL,
-              TOP_K: tl.constexpr, HAS_MAP: tl.constexpr, PARTS: tl.constexpr, FROM_L2: tl.constexpr):
-    """float32 ``sum_j y[t * TOP_K + j, cols]`` (columns below ``width``; others 0) over the slots j whose
-    expert is local (others add 0),
-    each y row the sum of PARTS split-K partials ``stride_yp`` apart; asserts every id < E_GLOBAL
-    (negative ids are padding; the assertion exists in kernels compiled with debug). FROM_L2: read
-    past L1 (rows other CTAs of the running kernel wrote)."""
-    acc = tl.zeros(cols.shape, dtype=tl.float32)
-    for j in tl.static_range(TOP_K):
-        g = tl.load(ids_ptr + t * TOP_K + j).to(tl.int32)
-        tl.device_assert(g < E_GLOBAL, "expert id out of range: every top-k id must be below the expert count")
-        all_true = g == g  # noqa: PLR0124 (a mask of g's shape, all true)
-        local = _local_expert(g, emap_ptr, all_true, E_GLOBAL, E_LOCAL, HAS_MAP)
-        keep = cols < tl.where(local >= 0, width, 0)  # a skipped slot reads nothing
-        for p in tl.static_range(PARTS):
-            ptrs = y_ptr + p * stride_yp + (t * TOP_K + j) * stride_ym + cols
-            if FROM_L2:
-                acc += tl.load(ptrs, mask=keep, other=0.0, cache_modifier=".cg").to(tl.float32)
-            else:
-                acc += tl.load(ptrs, mask=keep, other=0.0).to(tl.float32)
-    return acc
+        tl.store(s_ptr + row * stride_sm + groups, scale, mask=groups * GROUP < WIDTH)
 
 
 # debug=True: compiled with its device assertion (Triton drops them otherwise)
@@ -224,6 +174,13 @@ def reduce_topk(y_ptr, ids_ptr, emap_ptr, out_ptr, H, stride_ym, stride_yp, stri
     t = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < H
-    acc = sum_slots(y_ptr, ids_ptr, emap_ptr, t, cols, H, stride_ym, stride_yp, E_GLOBAL, E_LOCAL, TOP_K, HAS_MAP,
-                    PARTS, False)
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for j in tl.static_range(TOP_K):
+        g = tl.load(ids_ptr + t * TOP_K + j).to(tl.int32)
+        tl.device_assert(g < E_GLOBAL, "expert id out of range: every top-k id must be below the expert count")
+        all_true = g == g  # noqa: PLR0124 (a mask of g's shape, all true)
+        local = _local_expert(g, emap_ptr, all_true, E_GLOBAL, E_LOCAL, HAS_MAP)
+        width = tl.where(local >= 0, H, 0)  # a skipped slot reads nothing
+        for p in tl.static_range(PARTS):
+            acc += tl.load(y_ptr + p * stride_yp + (t * TOP_K + j) * stride_ym + cols, mask=cols < width, other=0.0)
     tl.store(out_ptr + t * stride_om + cols, acc.to(out_ptr.dtype.element_ty), mask=mask)

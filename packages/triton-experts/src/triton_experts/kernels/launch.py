@@ -9,7 +9,6 @@ tests).
 
 from __future__ import annotations
 
-import enum
 import os
 from dataclasses import dataclass
 
@@ -72,20 +71,6 @@ def gluon_unsupported(*, variant: str, weight: torch.Tensor, zero: torch.Tensor 
     return f"{variant}: KERNEL={config.KERNEL.value} needs " + "; ".join(need) if need else ""
 
 
-class APrologue(enum.IntEnum):
-    """What a Triton GEMM does to A between its load and the dot (the kernels' A_PROLOGUE; fp8_group
-    activations on CUDA-core tiles with BLOCK_K = 128, see the kernels' module docstring)."""
-
-    NONE = 0  # A arrives as the variant's operand (quantized by an earlier launch)
-    QUANT = 1  # A unquantized (bf16/fp16): each K step's 1x128 group quantized in registers
-    ACT_QUANT = 2  # A is GEMM1's output (partials summed): the activation, then QUANT
-
-
-# how a launch that sums top-k slots compiles: with its id assertion (as reduce_topk), without Triton's
-# integer-overflow checks (which debug also turns on)
-SUM_SLOTS_COMPILE = {"debug": True, "sanitize_overflow": False}
-
-
 def triton_cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 
@@ -107,20 +92,13 @@ class GemmPlan:
     group_k: int
     even_k: bool
     n_blocks: int
-    prologue: APrologue = APrologue.NONE
-    act: int = 0  # activation code of APrologue.ACT_QUANT (triton_experts.kernels.fused)
-    sum_slots: int = 0  # k > 0: the launch sums each token's k direct rows into a result (SUM_SLOTS)
 
 
 def plan_gemm(*, variant: str, weight: torch.Tensor, scale: torch.Tensor | None, zero: torch.Tensor | None,
               bias: torch.Tensor | None, top_k: int, n: int, k: int, group_k: int,
-              config: LaunchConfig, prologue: APrologue = APrologue.NONE, act: int = 0,
-              sum_slots: int = 0) -> GemmPlan:
+              config: LaunchConfig) -> GemmPlan:
     """Validate the weight side of a grouped GEMM and freeze it. ``weight`` [E, N, K]; packed 4-bit:
-    [E, N, K/2] rows or [E, K/2/T, N, T] K tiles of T bytes (see the kernels' module docstring).
-    ``prologue`` (with ``act``) and ``sum_slots`` ask for the decode fusions (:class:`APrologue`; the
-    top-k sum of ``sum_slots`` slots over direct rows), each refused with the reason where the
-    variant or tile cannot run it."""
+    [E, N, K/2] rows or [E, K/2/T, N, T] K tiles of T bytes (see the kernels' module docstring)."""
     from ._generated_moe import KERNELS, VARIANTS
 
     kernel = KERNELS[variant]
@@ -168,14 +146,6 @@ def plan_gemm(*, variant: str, weight: torch.Tensor, scale: torch.Tensor | None,
         if refusal:
             raise ValueError(refusal)
         kernel = (GLUON_PERSISTENT_KERNELS if config.KERNEL is Kernel.GLUON_PERSISTENT else GLUON_KERNELS)[variant]
-    if prologue is not APrologue.NONE and (meta["a"] != "fp8_group" or bm >= 16 or bk != 128 or k % 128
-                                           or config.KERNEL is not Kernel.TRITON):
-        raise ValueError(f"{variant}: A_PROLOGUE={prologue.name} needs fp8_group activations, the Triton kernel's "
-                         f"CUDA-core tiles (BLOCK_M < 16), BLOCK_K=128 and K a multiple of 128; got "
-                         f"a={meta['a']}, {config.KERNEL.value} BLOCK_M={bm}, BLOCK_K={bk}, K={k}")
-    if sum_slots < 0 or (sum_slots and (bm != 1 or config.KERNEL is not Kernel.TRITON)):
-        raise ValueError(f"{variant}: summing {sum_slots} slots in the GEMM needs the Triton kernel's direct rows "
-                         f"(BLOCK_M=1); got {config.KERNEL.value} BLOCK_M={bm}")
     dummy, dummy_u8 = _dummies(weight.device)
     s = scale if scale is not None else dummy
     z = zero if zero is not None else dummy_u8
@@ -190,7 +160,7 @@ def plan_gemm(*, variant: str, weight: torch.Tensor, scale: torch.Tensor | None,
         weight_strides=(*w_strides, s3.stride(0), s3.stride(1), s3.stride(2), b2.stride(0), b2.stride(1)),
         k_tile=k_tile,
         has_bias=bias is not None, group_k=group_k, even_k=k % bk == 0,
-        n_blocks=triton_cdiv(n, config.BLOCK_N), prologue=prologue, act=act, sum_slots=sum_slots,
+        n_blocks=triton_cdiv(n, config.BLOCK_N),
     )
 
 
@@ -235,26 +205,17 @@ class _RowSource:
 
 
 def run_gemm(plan: GemmPlan, *, a: torch.Tensor, a_scale: torch.Tensor | None, out: torch.Tensor,
-             topk_weights: torch.Tensor | None, alignment: Alignment | DirectRows,
-             result: torch.Tensor | None = None, counters: torch.Tensor | None = None) -> object:
+             topk_weights: torch.Tensor | None, alignment: Alignment | DirectRows) -> object:
     """``out[row, :n] = A[row // top_k] @ W[e].T`` (scaled, + bias, * top-k weight) for every aligned
     row (every row of a local expert, for :class:`DirectRows`); other rows are left untouched. With
-    SPLIT_K > 1 ``out`` is [SPLIT_K, rows, N] and holds partials that sum to that. A plan with
-    ``sum_slots`` = k also writes ``result`` [M, N] = the sum of each token's k rows (``out`` then a
-    float32 scratch), keeping its tickets in ``counters`` (int32, at least M * n_blocks, zero between
-    calls: the launch leaves them zero; one per stream, as launches on one stream never overlap).
-    APrologue.ACT_QUANT: ``a`` is GEMM1's output, [rows, 2K] or [P, rows, 2K] partials ([.., K] for an
-    ungated activation). Shapes are the caller's contract (:func:`grouped_gemm` checks them).
-    Returns Triton's launch handle (``.asm`` holds the compiled code, for diagnostics)."""
+    SPLIT_K > 1 ``out`` is [SPLIT_K, rows, N] and holds partials that sum to that. Shapes are the
+    caller's contract (:func:`grouped_gemm` checks them). Returns Triton's launch handle (``.asm``
+    holds the compiled code, for diagnostics)."""
     c = plan.config
     weight, s, z, b = plan.weight_args
-    dummy = _dummies(a.device)[0] if (a_scale is None or topk_weights is None or result is None) else None
+    dummy = _dummies(a.device)[0] if (a_scale is None or topk_weights is None) else None
     if c.KERNEL.is_gluon:
         return _run_gluon(plan, a=a, out=out, topk_weights=topk_weights, alignment=alignment)
-    if plan.sum_slots and (result is None or counters is None or not isinstance(alignment, DirectRows)
-                           or counters.dtype != torch.int32 or counters.numel() < result.shape[0] * plan.n_blocks):
-        raise ValueError(f"summing {plan.sum_slots} slots needs direct rows, a result and int32 counters of at least "
-                         f"M * {plan.n_blocks} entries")
     a_s = a_scale if a_scale is not None else dummy
     if a_s.dim() == 2:
         sa0, sa1 = a_s.stride(0), a_s.stride(1)
@@ -262,15 +223,13 @@ def run_gemm(plan: GemmPlan, *, a: torch.Tensor, a_scale: torch.Tensor | None, o
         sa0, sa1 = a_s.stride(0) if a_s.numel() > 1 else 0, 0
     ws = plan.weight_strides
     r = _RowSource.of(alignment, block_m=c.BLOCK_M)
-    summed = result if result is not None else dummy
-    extra = SUM_SLOTS_COMPILE if plan.sum_slots else {}
     return plan.kernel[(r.blocks * plan.n_blocks * c.SPLIT_K,)](
         a, a_s, weight, s, z, b, out, topk_weights if topk_weights is not None else dummy,
-        *r.pointers, summed, counters if counters is not None else dummy,
+        *r.pointers,
         plan.n, plan.k, alignment.num_valid, r.blocks, r.e_global, r.e_local,
-        a.stride(-2), a.stride(-1), a.stride(0) if a.dim() == 3 else 0, sa0, sa1,
+        a.stride(0), a.stride(1), sa0, sa1,
         ws[0], ws[1], ws[2], ws[3], ws[4], ws[5], ws[6], ws[7], ws[8],
-        out.stride(-2), out.stride(-1), out.stride(0) if out.dim() == 3 else 0, summed.stride(0),
+        out.stride(-2), out.stride(-1), out.stride(0) if out.dim() == 3 else 0,
         GROUP_K=plan.group_k, TOP_K=plan.top_k, MUL_WEIGHT=topk_weights is not None, HAS_BIAS=plan.has_bias,
         DOT_UPCAST=_INTERPRETED and a.dtype in (torch.bfloat16, torch.float16), PTX=_PTX and a.is_cuda,
         EVEN_K=plan.even_k,
@@ -279,9 +238,7 @@ def run_gemm(plan: GemmPlan, *, a: torch.Tensor, a_scale: torch.Tensor | None, o
         # the K loop's explicit pipelining: the CUDA-core path's loads are pipelined only when asked; the
         # tensor-core path keeps Triton's default, which ran 5% faster on the H100 than the explicit form
         LOOP_STAGES=c.num_stages if c.BLOCK_M < 16 else None,
-        A_PROLOGUE=int(plan.prologue), ACT=plan.act, A_PARTS=a.shape[0] if a.dim() == 3 else 1,
-        SUM_SLOTS=plan.sum_slots,
-        num_warps=c.num_warps, num_stages=c.num_stages, **extra,
+        num_warps=c.num_warps, num_stages=c.num_stages,
     )
 
 
