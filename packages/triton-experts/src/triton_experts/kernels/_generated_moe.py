@@ -21,6 +21,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .fused import local_expert  # the expert-validity rule, shared with the small kernels
+
 
 @triton.jit
 def _e8m0(byte):
@@ -187,13 +189,9 @@ def moe_gemm_bf16(
         # experts, padding ids < 0 and ids past E_GLOBAL, which reduce_topk asserts on, are skipped)
         rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
         row_mask = rows < num_valid
-        gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-        if (gid < 0) | (gid >= E_GLOBAL):
-            return
-        if HAS_MAP:
-            expert = tl.load(emap_ptr + gid).to(tl.int64)
-        else:
-            expert = tl.where(gid < E_LOCAL, gid, -1)
+        gid = tl.load(expert_ids_ptr + pid_m).to(tl.int32)
+        all_true = gid == gid  # noqa: PLR0124 (a mask of gid's shape, all true)
+        expert = local_expert(gid, emap_ptr, all_true, E_GLOBAL, E_LOCAL, HAS_MAP).to(tl.int64)
     else:
         num_post_padded = tl.load(num_post_padded_ptr)
         if pid_m * BLOCK_M >= num_post_padded:
@@ -291,13 +289,9 @@ def moe_gemm_fp8_tensor(
         # experts, padding ids < 0 and ids past E_GLOBAL, which reduce_topk asserts on, are skipped)
         rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
         row_mask = rows < num_valid
-        gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-        if (gid < 0) | (gid >= E_GLOBAL):
-            return
-        if HAS_MAP:
-            expert = tl.load(emap_ptr + gid).to(tl.int64)
-        else:
-            expert = tl.where(gid < E_LOCAL, gid, -1)
+        gid = tl.load(expert_ids_ptr + pid_m).to(tl.int32)
+        all_true = gid == gid  # noqa: PLR0124 (a mask of gid's shape, all true)
+        expert = local_expert(gid, emap_ptr, all_true, E_GLOBAL, E_LOCAL, HAS_MAP).to(tl.int64)
     else:
         num_post_padded = tl.load(num_post_padded_ptr)
         if pid_m * BLOCK_M >= num_post_padded:
@@ -396,13 +390,9 @@ def moe_gemm_fp8_channel(
         # experts, padding ids < 0 and ids past E_GLOBAL, which reduce_topk asserts on, are skipped)
         rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
         row_mask = rows < num_valid
-        gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-        if (gid < 0) | (gid >= E_GLOBAL):
-            return
-        if HAS_MAP:
-            expert = tl.load(emap_ptr + gid).to(tl.int64)
-        else:
-            expert = tl.where(gid < E_LOCAL, gid, -1)
+        gid = tl.load(expert_ids_ptr + pid_m).to(tl.int32)
+        all_true = gid == gid  # noqa: PLR0124 (a mask of gid's shape, all true)
+        expert = local_expert(gid, emap_ptr, all_true, E_GLOBAL, E_LOCAL, HAS_MAP).to(tl.int64)
     else:
         num_post_padded = tl.load(num_post_padded_ptr)
         if pid_m * BLOCK_M >= num_post_padded:
@@ -503,13 +493,9 @@ def moe_gemm_fp8_block(
         # experts, padding ids < 0 and ids past E_GLOBAL, which reduce_topk asserts on, are skipped)
         rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
         row_mask = rows < num_valid
-        gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-        if (gid < 0) | (gid >= E_GLOBAL):
-            return
-        if HAS_MAP:
-            expert = tl.load(emap_ptr + gid).to(tl.int64)
-        else:
-            expert = tl.where(gid < E_LOCAL, gid, -1)
+        gid = tl.load(expert_ids_ptr + pid_m).to(tl.int32)
+        all_true = gid == gid  # noqa: PLR0124 (a mask of gid's shape, all true)
+        expert = local_expert(gid, emap_ptr, all_true, E_GLOBAL, E_LOCAL, HAS_MAP).to(tl.int64)
     else:
         num_post_padded = tl.load(num_post_padded_ptr)
         if pid_m * BLOCK_M >= num_post_padded:
@@ -610,13 +596,9 @@ def moe_gemm_int8_w8a8(
         # experts, padding ids < 0 and ids past E_GLOBAL, which reduce_topk asserts on, are skipped)
         rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
         row_mask = rows < num_valid
-        gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-        if (gid < 0) | (gid >= E_GLOBAL):
-            return
-        if HAS_MAP:
-            expert = tl.load(emap_ptr + gid).to(tl.int64)
-        else:
-            expert = tl.where(gid < E_LOCAL, gid, -1)
+        gid = tl.load(expert_ids_ptr + pid_m).to(tl.int32)
+        all_true = gid == gid  # noqa: PLR0124 (a mask of gid's shape, all true)
+        expert = local_expert(gid, emap_ptr, all_true, E_GLOBAL, E_LOCAL, HAS_MAP).to(tl.int64)
     else:
         num_post_padded = tl.load(num_post_padded_ptr)
         if pid_m * BLOCK_M >= num_post_padded:
@@ -717,13 +699,9 @@ def moe_gemm_int4_w4a16(
         # experts, padding ids < 0 and ids past E_GLOBAL, which reduce_topk asserts on, are skipped)
         rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
         row_mask = rows < num_valid
-        gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-        if (gid < 0) | (gid >= E_GLOBAL):
-            return
-        if HAS_MAP:
-            expert = tl.load(emap_ptr + gid).to(tl.int64)
-        else:
-            expert = tl.where(gid < E_LOCAL, gid, -1)
+        gid = tl.load(expert_ids_ptr + pid_m).to(tl.int32)
+        all_true = gid == gid  # noqa: PLR0124 (a mask of gid's shape, all true)
+        expert = local_expert(gid, emap_ptr, all_true, E_GLOBAL, E_LOCAL, HAS_MAP).to(tl.int64)
     else:
         num_post_padded = tl.load(num_post_padded_ptr)
         if pid_m * BLOCK_M >= num_post_padded:
@@ -850,13 +828,9 @@ def moe_gemm_int8_w8a16(
         # experts, padding ids < 0 and ids past E_GLOBAL, which reduce_topk asserts on, are skipped)
         rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
         row_mask = rows < num_valid
-        gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-        if (gid < 0) | (gid >= E_GLOBAL):
-            return
-        if HAS_MAP:
-            expert = tl.load(emap_ptr + gid).to(tl.int64)
-        else:
-            expert = tl.where(gid < E_LOCAL, gid, -1)
+        gid = tl.load(expert_ids_ptr + pid_m).to(tl.int32)
+        all_true = gid == gid  # noqa: PLR0124 (a mask of gid's shape, all true)
+        expert = local_expert(gid, emap_ptr, all_true, E_GLOBAL, E_LOCAL, HAS_MAP).to(tl.int64)
     else:
         num_post_padded = tl.load(num_post_padded_ptr)
         if pid_m * BLOCK_M >= num_post_padded:
@@ -961,13 +935,9 @@ def moe_gemm_mxfp8(
         # experts, padding ids < 0 and ids past E_GLOBAL, which reduce_topk asserts on, are skipped)
         rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
         row_mask = rows < num_valid
-        gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-        if (gid < 0) | (gid >= E_GLOBAL):
-            return
-        if HAS_MAP:
-            expert = tl.load(emap_ptr + gid).to(tl.int64)
-        else:
-            expert = tl.where(gid < E_LOCAL, gid, -1)
+        gid = tl.load(expert_ids_ptr + pid_m).to(tl.int32)
+        all_true = gid == gid  # noqa: PLR0124 (a mask of gid's shape, all true)
+        expert = local_expert(gid, emap_ptr, all_true, E_GLOBAL, E_LOCAL, HAS_MAP).to(tl.int64)
     else:
         num_post_padded = tl.load(num_post_padded_ptr)
         if pid_m * BLOCK_M >= num_post_padded:
@@ -1069,13 +1039,9 @@ def moe_gemm_mxfp4(
         # experts, padding ids < 0 and ids past E_GLOBAL, which reduce_topk asserts on, are skipped)
         rows = pid_m + tl.arange(0, BLOCK_M).to(tl.int64)
         row_mask = rows < num_valid
-        gid = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-        if (gid < 0) | (gid >= E_GLOBAL):
-            return
-        if HAS_MAP:
-            expert = tl.load(emap_ptr + gid).to(tl.int64)
-        else:
-            expert = tl.where(gid < E_LOCAL, gid, -1)
+        gid = tl.load(expert_ids_ptr + pid_m).to(tl.int32)
+        all_true = gid == gid  # noqa: PLR0124 (a mask of gid's shape, all true)
+        expert = local_expert(gid, emap_ptr, all_true, E_GLOBAL, E_LOCAL, HAS_MAP).to(tl.int64)
     else:
         num_post_padded = tl.load(num_post_padded_ptr)
         if pid_m * BLOCK_M >= num_post_padded:

@@ -11,8 +11,9 @@
   launch of a call reads every id anyway, so the check costs no launch of its own; the GEMMs before
   it skip such ids).
 
-Expert validity is one rule in all of them: a global id ``g`` is local expert ``expert_map[g]`` when
-``0 <= g < E_GLOBAL`` and the map holds a value >= 0 (without a map: ``g`` itself when ``g < E_LOCAL``).
+Expert validity is one rule (:func:`local_expert`) in all of them and in the generated GEMMs' direct
+rows: a global id ``g`` is local expert ``expert_map[g]`` when ``0 <= g < E_GLOBAL`` and the map holds a
+value in [0, E_LOCAL) (without a map: ``g`` itself when ``g < E_LOCAL``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ Q_NONE, Q_FP8_GROUP = 0, 1
 
 
 @triton.jit
-def _local_expert(g, emap_ptr, mask, E_GLOBAL, E_LOCAL, HAS_MAP: tl.constexpr):
+def local_expert(g, emap_ptr, mask, E_GLOBAL, E_LOCAL, HAS_MAP: tl.constexpr):
     inside = mask & (g >= 0) & (g < E_GLOBAL)
     if HAS_MAP:
         local = tl.load(emap_ptr + tl.where(inside, g, 0), mask=inside, other=-1)
@@ -51,7 +52,7 @@ def align_rows(ids_ptr, emap_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_padde
         offs = start + tl.arange(0, BLOCK)
         mask = offs < num_valid
         g = tl.load(ids_ptr + offs, mask=mask, other=-1).to(tl.int32)
-        local = _local_expert(g, emap_ptr, mask, E_GLOBAL, E_LOCAL, HAS_MAP)
+        local = local_expert(g, emap_ptr, mask, E_GLOBAL, E_LOCAL, HAS_MAP)
         counts += tl.histogram(tl.where(local >= 0, local, NB - 1), NB)
     bins = tl.arange(0, NB)
     counts = tl.where(bins < E_LOCAL, counts, 0)
@@ -74,7 +75,7 @@ def align_rows(ids_ptr, emap_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_padde
         offs = start + tl.arange(0, BLOCK)
         mask = offs < num_valid
         g = tl.load(ids_ptr + offs, mask=mask, other=-1).to(tl.int32)
-        local = _local_expert(g, emap_ptr, mask, E_GLOBAL, E_LOCAL, HAS_MAP)
+        local = local_expert(g, emap_ptr, mask, E_GLOBAL, E_LOCAL, HAS_MAP)
         keep = local >= 0
         slot = tl.atomic_add(cursor_ptr + tl.where(keep, local, 0), 1, mask=keep)
         tl.store(sorted_ids_ptr + slot, offs, mask=keep)
@@ -179,7 +180,7 @@ def reduce_topk(y_ptr, ids_ptr, emap_ptr, out_ptr, H, stride_ym, stride_yp, stri
         g = tl.load(ids_ptr + t * TOP_K + j).to(tl.int32)
         tl.device_assert(g < E_GLOBAL, "expert id out of range: every top-k id must be below the expert count")
         all_true = g == g  # noqa: PLR0124 (a mask of g's shape, all true)
-        local = _local_expert(g, emap_ptr, all_true, E_GLOBAL, E_LOCAL, HAS_MAP)
+        local = local_expert(g, emap_ptr, all_true, E_GLOBAL, E_LOCAL, HAS_MAP)
         width = tl.where(local >= 0, H, 0)  # a skipped slot reads nothing
         for p in tl.static_range(PARTS):
             acc += tl.load(y_ptr + p * stride_yp + (t * TOP_K + j) * stride_ym + cols, mask=cols < width, other=0.0)
